@@ -1,0 +1,232 @@
+"""The ``segkit`` command: parse arguments, load the config, call one library function per subcommand.
+
+Library code raises ``SegkitError``; this module turns it into one clear line on stderr and an exit
+code (0 success, 1 some inputs failed, 2 usage/config error). ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segkit import __version__
+from segkit.errors import ConfigError, SegkitError
+
+EXAMPLES = {
+    "train": "example: segkit train configs/binary_membrane.yaml trainer.max_epochs=5 model.encoder=resnet18",
+    "evaluate": "example: segkit evaluate runs/membrane/best.ckpt --images data/val/images --masks data/val/masks --json metrics.json",
+    "predict": "example: segkit predict runs/membrane/best.ckpt photos/ --output masks/ --save index color --tile 512 --overlap 0.25",
+    "export": "example: segkit export runs/membrane/best.ckpt --output model.onnx --head labels",
+    "check-data": "example: segkit check-data configs/binary_membrane.yaml   or   segkit check-data --images imgs/ --masks masks/ --classes bg fg",
+    "demo": "example: segkit demo --output segkit-demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segkit",
+        description="Train U-Net-style segmentation models on your masks, predict any-size images, export ONNX.",
+        epilog="Run `segkit COMMAND --help` for the options of a command. Start with `segkit demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"segkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+        return p
+
+    p = add("train", "Train a model from a YAML config; writes best.ckpt, last.ckpt, config.yaml and metrics to the run folder.")
+    p.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key by its dotted path")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = add("evaluate", "Per-class IoU/Dice/precision/recall of a model on an image+mask folder pair.")
+    p.add_argument("model", type=Path, help="a segkit .ckpt bundle or .onnx export")
+    p.add_argument("--images", type=Path, required=True, help="image folder")
+    p.add_argument("--masks", type=Path, required=True, help="mask folder (same stems as the images)")
+    p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    _tiling_options(p)
+
+    p = add("predict", "Predict masks for an image, a folder (recursive) or a glob with the tiled engine.")
+    p.add_argument("model", type=Path, help="a segkit .ckpt bundle or .onnx export")
+    p.add_argument("source", help="image file, folder or glob pattern (quote it)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output folder (the source's relative layout is kept)")
+    p.add_argument("--save", nargs="+", default=["index"], choices=["index", "color", "overlay", "probs"], help="outputs to write (default: index)")
+    p.add_argument("--probs-dtype", default="float16", choices=["float16", "uint8"], help="storage of --save probs (default float16)")
+    p.add_argument("--skip-existing", action="store_true", help="skip images whose outputs already exist (resume a killed run)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--devices", type=int, default=1, help="shard the images over N processes/GPUs (torch.distributed)")
+    p.add_argument("--workers", type=int, default=2, help="background threads decoding and writing images")
+    p.add_argument("--classes", nargs="+", default=None, help="class names, for an ONNX model without segkit metadata")
+    p.add_argument("--mean", nargs="+", type=float, default=None, help="normalisation mean, for an ONNX model without segkit metadata")
+    p.add_argument("--std", nargs="+", type=float, default=None, help="normalisation std, for an ONNX model without segkit metadata")
+    _tiling_options(p)
+
+    p = add("export", "Export a checkpoint to ONNX and verify it against torch with onnxruntime.")
+    p.add_argument("model", type=Path, help="a segkit .ckpt bundle")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--head", default="logits", choices=["logits", "probs", "labels"], help="graph output: logits, softmax probs, or argmax labels")
+    p.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/height/width")
+    p.add_argument("--normalize-in-graph", action="store_true", help="take raw uint8-range images; scaling and mean/std happen inside the graph")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights (for GPU deployment)")
+    p.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed in verification (default 1e-3, 1e-1 for fp16)")
+
+    p = add("check-data", "Validate a dataset: pairing, sizes, readability, mask values, class histogram.")
+    p.add_argument("config", type=Path, nargs="?", default=None, help="YAML config whose data section to check")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--images", type=Path, default=None, help="image folder (instead of a config)")
+    p.add_argument("--masks", type=Path, default=None, help="mask folder (instead of a config)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names (with --images/--masks; default: background foreground)")
+    p.add_argument("--mask-encoding", default=None, choices=["index", "binary", "palette"], help="mask encoding (with --images/--masks)")
+
+    p = add("demo", "The whole loop on a generated dataset: train, evaluate, predict a folder, export ONNX.")
+    p.add_argument("--output", "-o", type=Path, default=Path("segkit-demo"), help="folder for everything the demo writes")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: a few minutes on CPU)")
+    return parser
+
+
+def _tiling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: from the model)")
+    p.add_argument("--overlap", type=float, default=None, help="tile overlap: fraction < 1 or pixels >= 1 (default: from the model)")
+    p.add_argument("--blend", default=None, choices=["constant", "gaussian", "cosine"], help="blend window of overlapping tiles")
+    p.add_argument("--tta", default=None, choices=["none", "flip", "d4"], help="test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from segkit.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from segkit.train import train
+
+    result = train(config, config_path=args.config)
+    console = _console()
+    console.print(result.metrics.table(title="Validation metrics of the best checkpoint"))
+    console.print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segkit.evaluate import evaluate
+
+    metrics = evaluate(
+        args.model, args.images, args.masks, device=args.device, json_path=args.json,
+        tile=args.tile, overlap=args.overlap, blend=args.blend, tta=args.tta, batch_size=args.batch_size,
+    )
+    console = _console()
+    console.print(metrics.table(title=f"{args.model.name} on {args.images}"))
+    if args.json:
+        console.print(f"metrics written to {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from segkit.inference.run import predict_source
+
+    summary = predict_source(
+        args.model, args.source, args.output, save=args.save, probs_dtype=args.probs_dtype,
+        skip_existing=args.skip_existing, device=args.device, devices=args.devices, workers=args.workers,
+        tile=args.tile, overlap=args.overlap, blend=args.blend, tta=args.tta, batch_size=args.batch_size,
+        classes=args.classes, mean=args.mean, std=args.std,
+    )
+    for failure in summary.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    print(summary.describe())
+    return 1 if summary.failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from segkit.export.onnx import export_onnx
+
+    diff = export_onnx(
+        args.model, args.output, opset=args.opset, head=args.head, dynamic=not args.static,
+        normalize_in_graph=args.normalize_in_graph, fp16=args.fp16, tolerance=args.tolerance,
+    )
+    print(f"exported {args.output} (verified with onnxruntime: max abs difference {diff:.2e})")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from segkit.config import load_config
+    from segkit.data.checks import check_config_data, check_folders
+
+    if args.images or args.masks:
+        if not (args.images and args.masks):
+            raise ConfigError("check-data: give both --images and --masks (or a config file)")
+        overrides = list(args.overrides)
+        if args.config is not None:  # argparse puts a stray KEY=VALUE into `config`
+            overrides.insert(0, str(args.config))
+        if args.classes:
+            overrides.append(f"data.classes={args.classes}")
+        if args.mask_encoding:
+            overrides.append(f"data.mask_encoding={args.mask_encoding}")
+        config = load_config(None, overrides)
+        reports = [check_folders(args.images, args.masks, config.data)]
+    elif args.config is not None:
+        config = load_config(args.config, args.overrides)
+        reports = check_config_data(config)
+    else:
+        raise ConfigError("check-data: give a config file or --images DIR --masks DIR")
+    console = _console()
+    for report in reports:
+        console.print(report.render())
+    problems = [p for r in reports for p in r.problems]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segkit.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "check-data": cmd_check_data,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (callable in-process from tests)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except SegkitError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
