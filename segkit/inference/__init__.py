@@ -1,0 +1,1 @@
+"""Tiled, memory-bounded inference over torch or onnxruntime backends."""
