@@ -201,6 +201,15 @@ class SegkitConfig(_Section):
         return v if v is not None else {}
 
 
+def _trainer_arguments() -> list[str]:
+    """Names ``lightning.Trainer`` accepts: extra ``trainer.*`` keys are checked against them."""
+    import inspect
+
+    from lightning import Trainer
+
+    return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
@@ -226,6 +235,8 @@ def _unknown_key_message(dotted: str) -> str:
         if section is None:
             break
     allowed = sorted(section.model_fields) if section is not None else []
+    if section is TrainerConfig:
+        allowed = sorted(set(allowed) | set(_trainer_arguments()))
     close = difflib.get_close_matches(leaf, allowed, n=3)
     hint = f" — did you mean {', '.join('.'.join([*parents, c]) for c in close)}?" if close else ""
     return f"unknown key '{dotted}'{hint} (allowed: {', '.join(allowed)})"
@@ -262,19 +273,18 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_unknown(data: dict[str, Any]) -> None:
+def _check_unknown(data: dict[str, Any], source: str) -> None:
     unknown = []
     for section, body in data.items():
         if section not in SegkitConfig.model_fields:
             unknown.append(section)
             continue
         sub = SegkitConfig.model_fields[section].annotation
-        if isinstance(body, dict) and sub is not TrainerConfig and isinstance(sub, type):
-            for key in body:
-                if key not in sub.model_fields:
-                    unknown.append(f"{section}.{key}")
+        if isinstance(body, dict) and isinstance(sub, type):
+            allowed = set(sub.model_fields) | (set(_trainer_arguments()) if sub is TrainerConfig else set())
+            unknown.extend(f"{section}.{key}" for key in body if key not in allowed)
     if unknown:
-        raise ConfigError("; ".join(_unknown_key_message(k) for k in unknown))
+        raise ConfigError(f"{source}: " + "; ".join(_unknown_key_message(k) for k in unknown))
 
 
 def load_config(
@@ -308,7 +318,7 @@ def load_config(
         data = _resolve_paths(loaded, path.parent)
     if overrides:
         data = _deep_merge(data, parse_overrides(overrides))
-    _check_unknown(data)
+    _check_unknown(data, name)
     try:
         return SegkitConfig.model_validate(data)
     except ValidationError as e:
