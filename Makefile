@@ -5,15 +5,15 @@ VENV ?= $(HOME)/.cache/segkit-venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.segkit-installed
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,3 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check segkit tests benchmarks
 	$(BIN)/ruff format --check segkit tests benchmarks
+
+constraints: $(STAMP)
+	(echo "# Pinned versions for reproducible installs (Dockerfile, make). Regenerate: make constraints"; \
+	 $(BIN)/pip freeze --exclude-editable | grep -v -iE "^(segkit|-e )"; \
+	 echo "onnxruntime-gpu==1.31.1"; echo "monai==1.6.1") > requirements/constraints.txt
