@@ -212,7 +212,12 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable in-process from tests)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after options (`train c.yaml --print-config a.b=1`).
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
