@@ -1,0 +1,98 @@
+"""The LightningDataModule: pairs scanned in ``setup``, a seeded train/val split, one loader factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from segkit.config import SegkitConfig
+from segkit.data.dataset import SegmentationDataset, find_pairs
+from segkit.data.transforms import build_transforms
+from segkit.errors import ConfigError, DataError
+
+
+def split_pairs(pairs: list[tuple[Path, Path]], fraction: float, seed: int) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """A seeded ``(train, val)`` split holding out ``fraction`` of pairs (at least one when > 0).
+
+    Depends only on the sorted pairs and the seed, so every run and every DDP rank agrees.
+    """
+    if fraction <= 0:
+        return list(pairs), []
+    if len(pairs) < 2:
+        raise DataError(
+            f"{len(pairs)} image pair found: cannot hold out data.val_fraction={fraction} for validation "
+            "(add images or set data.val)"
+        )
+    n_val = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val_idx = set(order[:n_val].tolist())
+    train = [p for i, p in enumerate(pairs) if i not in val_idx]
+    val = [p for i, p in enumerate(pairs) if i in val_idx]
+    return train, val
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream (albumentations keeps its own RNG)."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train and val loaders from ``config.data``; ``stride`` is the model's output stride (val padding)."""
+
+    def __init__(self, config: SegkitConfig, stride: int = 32) -> None:
+        super().__init__()
+        self.config = config
+        self.stride = stride
+        self.train_pairs: list[tuple[Path, Path]] = []
+        self.val_pairs: list[tuple[Path, Path]] = []
+        self.train_dataset: SegmentationDataset | None = None
+        self.val_dataset: SegmentationDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan and pair the folders (once), split, and build the datasets."""
+        if self.train_dataset is not None:
+            return
+        data = self.config.data
+        if data.train is None:
+            raise ConfigError("data.train is not set: give data.train.images and data.train.masks")
+        pairs = find_pairs(data.train.images, data.train.masks)
+        if data.val is not None:
+            self.train_pairs, self.val_pairs = pairs, find_pairs(data.val.images, data.val.masks)
+        else:
+            self.train_pairs, self.val_pairs = split_pairs(pairs, data.val_fraction, self.config.run.seed)
+        self.train_dataset = SegmentationDataset(self.train_pairs, data, build_transforms(self.config, "train"))
+        self.val_dataset = SegmentationDataset(self.val_pairs, data, build_transforms(self.config, "val", stride=self.stride))
+
+    def _dataloader(self, split: str) -> DataLoader:
+        if self.train_dataset is None or self.val_dataset is None:
+            self.setup("fit")
+        data = self.config.data
+        train = split == "train"
+        dataset = self.train_dataset if train else self.val_dataset
+        assert dataset is not None
+        batch_size = data.batch_size if train else 1
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=data.num_workers,
+            persistent_workers=data.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_reseed_worker if data.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled patches, ``data.batch_size`` per step."""
+        return self._dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        """Whole validation images, one per batch (sizes differ)."""
+        return self._dataloader("val")

@@ -1,0 +1,63 @@
+"""Albumentations pipelines built from the config: the one door for augmentation and normalisation.
+
+Inputs are float32 ``H x W x C`` images in [0, 1] (any C) and integer ``H x W`` masks; outputs
+are a ``(C, H, W)`` float tensor and an ``(H, W)`` mask tensor. Padding never invents labels: the
+mask is filled with ``ignore_index`` so padded pixels count in neither loss nor metrics.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+from segkit.config import SegkitConfig
+from segkit.errors import ConfigError
+
+STAGES = ("train", "val", "test", "predict")
+
+
+def _normalize(config: SegkitConfig) -> A.Normalize:
+    data = config.data
+    return A.Normalize(mean=data.resolved_mean(), std=data.resolved_std(), max_pixel_value=1.0)
+
+
+def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Compose:
+    """The albumentations pipeline of a stage.
+
+    ``"train"``: optional random rescale, pad to ``patch_size`` (mask ← ignore_index), random crop,
+    flips, 90° rotations and mild brightness/contrast jitter, then normalise. ``"val"`` (also
+    ``"test"``/``"predict"``): pad bottom/right to a multiple of ``stride`` so whole images of any
+    size fit the model, and crop predictions back with ``[:h, :w]``; then normalise.
+    """
+    if stage not in STAGES:
+        raise ConfigError(f"unknown transform stage '{stage}' (allowed: {', '.join(STAGES)})")
+    data, aug = config.data, config.augment
+    pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": data.ignore_index}
+    if stage != "train":
+        steps: list[A.BasicTransform] = [
+            A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=stride,
+                          pad_width_divisor=stride, position="top_left", **pad),
+            _normalize(config),
+            ToTensorV2(),
+        ]
+        return A.Compose(steps, seed=config.run.seed)
+
+    size = data.patch_size
+    steps = []
+    if aug.scale is not None:
+        low, high = aug.scale
+        steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
+                                   mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+    steps += [
+        A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),
+        A.RandomCrop(height=size, width=size),
+        A.HorizontalFlip(p=aug.hflip),
+        A.VerticalFlip(p=aug.vflip),
+        A.RandomRotate90(p=aug.rotate90),
+    ]
+    if aug.color_jitter > 0:
+        # Per-image brightness/contrast works on any channel count (it is not a hue/saturation change).
+        steps.append(A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=aug.color_jitter))
+    steps += [_normalize(config), ToTensorV2()]
+    return A.Compose(steps, seed=config.run.seed)
