@@ -30,6 +30,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as PIL's "L" mode
 _alpha_warned = False
+_PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 class ImageHeader(NamedTuple):
@@ -110,9 +111,9 @@ def _png_bit_depth(head: bytes) -> tuple[int, int] | None:
 
 
 def _pil_open(path: Path, max_pixels: int | None) -> Image.Image:
-    if max_pixels is not None:
-        # PIL's own bomb guard would refuse images the user explicitly allowed (or allow more).
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    # PIL's own bomb guard is global: each call sets it to its own limit (PIL's default when none),
+    # so PIL neither refuses images the user allowed nor lets a previous call's limit leak in.
+    Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels is not None else _PIL_MAX_PIXELS
     try:
         im = Image.open(path)  # reads the header only: the size is checked before any decoding
     except Image.DecompressionBombError as e:
@@ -340,7 +341,8 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
             import tifffile
 
             photometric = "rgb" if array.ndim == 3 and array.shape[2] == 3 and array.dtype in (np.uint8, np.uint16) else "minisblack"
-            tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib")
+            extra = {"planarconfig": "contig"} if array.ndim == 3 else {}  # H x W x C, not C pages
+            tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib", **extra)
             return
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]

@@ -1,0 +1,128 @@
+"""Pairing, the Dataset and the DataModule (seeded, disjoint split; loader settings)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.data.datamodule import SegmentationDataModule
+from segkit.data.dataset import SegmentationDataset, find_pairs
+from segkit.data.transforms import build_transforms
+from segkit.errors import ConfigError, DataError
+from tests.data.conftest import make_config, make_data_config, save_png
+
+
+def test_find_pairs_by_subfolder_and_stem(pair_folders: tuple[Path, Path], rng: np.random.Generator) -> None:
+    images, masks = pair_folders
+    # an image in JPEG with a PNG mask still pairs by stem
+    save_png(images / "photo 1 é.jpg", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    save_png(masks / "photo 1 é.png", np.zeros((8, 8), dtype=np.uint8))
+    pairs = find_pairs(images, masks)
+    assert len(pairs) == 7
+    for image, mask in pairs:
+        assert image.relative_to(images).with_suffix("") == mask.relative_to(masks).with_suffix("")
+    assert pairs == sorted(pairs)
+
+
+def test_find_pairs_names_first_unmatched(pair_folders: tuple[Path, Path]) -> None:
+    images, masks = pair_folders
+    (masks / "img_2.png").unlink()
+    with pytest.raises(DataError, match=r"images/img_2\.png: no mask named 'img_2\.\*' in .*masks"):
+        find_pairs(images, masks)
+    shutil.copy(masks / "img_0.png", masks / "img_2.png")
+    shutil.copy(masks / "img_0.png", masks / "sub" / "extra.png")
+    with pytest.raises(DataError, match=r"masks/sub/extra\.png: no image named 'sub/extra\.\*'"):
+        find_pairs(images, masks)
+
+
+def test_find_pairs_rejects_duplicate_stems_and_empty(pair_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = pair_folders
+    shutil.copy(images / "img_0.png", images / "img_0.bmp")
+    with pytest.raises(DataError, match="has the same name as"):
+        find_pairs(images, masks)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="none: no images found"):
+        find_pairs(tmp_path / "none", masks)
+
+
+def test_dataset_item(pair_folders: tuple[Path, Path]) -> None:
+    pairs = find_pairs(*pair_folders)
+    data = make_data_config(patch_size=32)
+    raw = SegmentationDataset(pairs, data)[0]
+    assert raw["image"].shape == (3, 40, 48) and raw["image"].dtype == torch.float32
+    assert 0.0 <= float(raw["image"].min()) and float(raw["image"].max()) <= 1.0
+    assert raw["mask"].shape == (40, 48) and raw["mask"].dtype == torch.int64
+    assert raw["name"] == "img_0"
+    config = make_config({"patch_size": 32})
+    item = SegmentationDataset(pairs, config.data, build_transforms(config, "train"))[0]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].dtype == torch.int64
+
+
+def test_dataset_size_mismatch_names_both_files(pair_folders: tuple[Path, Path]) -> None:
+    images, masks = pair_folders
+    save_png(masks / "img_1.png", np.zeros((40, 47), dtype=np.uint8))
+    ds = SegmentationDataset(find_pairs(images, masks), make_data_config())
+    with pytest.raises(DataError, match=r"img_1\.png: image is 48x40 but its mask .*img_1\.png is 47x40"):
+        ds[1]
+
+
+def _module(images: Path, masks: Path, **data: Any) -> SegmentationDataModule:
+    return SegmentationDataModule(make_config({"train": {"images": str(images), "masks": str(masks)}, **data}), stride=8)
+
+
+def test_split_is_seeded_disjoint_and_complete(pair_folders: tuple[Path, Path]) -> None:
+    images, masks = pair_folders
+    a, b = _module(images, masks, val_fraction=0.34), _module(images, masks, val_fraction=0.34)
+    a.setup("fit")
+    b.setup("fit")
+    assert a.val_pairs == b.val_pairs and len(a.val_pairs) == 2
+    assert not set(a.train_pairs) & set(a.val_pairs)
+    assert sorted(a.train_pairs + a.val_pairs) == find_pairs(images, masks)
+    other_seeds = []
+    for seed in range(1, 6):
+        dm = SegmentationDataModule(make_config({"train": {"images": str(images), "masks": str(masks)}, "val_fraction": 0.34}, run={"seed": seed}))
+        dm.setup("fit")
+        other_seeds.append(dm.val_pairs)
+    assert any(v != a.val_pairs for v in other_seeds)
+
+
+def test_loaders(pair_folders: tuple[Path, Path]) -> None:
+    images, masks = pair_folders
+    dm = _module(images, masks, val_fraction=0.34, batch_size=3)
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    assert train.batch_size == 3 and train.drop_last  # 4 train pairs > batch: no ragged last batch
+    batches = list(train)
+    assert len(batches) == 1 and batches[0]["image"].shape == (3, 3, 64, 64)
+    val = list(dm.val_dataloader())
+    assert len(val) == 2
+    assert val[0]["image"].shape == (1, 3, 40, 48)  # whole image; 40x48 is a multiple of stride 8
+    small = _module(images, masks, val_fraction=0.34, batch_size=4)
+    small.setup("fit")
+    assert not small.train_dataloader().drop_last  # not more pairs than a batch: keep them all
+    assert len(list(small.train_dataloader())) == 1
+
+
+def test_explicit_val_and_no_io_in_init(pair_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = pair_folders
+    config = make_config({"train": {"images": str(images), "masks": str(masks)}, "val": {"images": str(images), "masks": str(masks)}})
+    dm = SegmentationDataModule(config)
+    dm.setup("fit")
+    assert dm.val_pairs == dm.train_pairs == find_pairs(images, masks)
+    missing = SegmentationDataModule(make_config({"train": {"images": str(tmp_path / "x"), "masks": str(tmp_path / "y")}}))
+    with pytest.raises(DataError, match="folder not found"):
+        missing.setup("fit")  # nothing was touched before setup
+    with pytest.raises(ConfigError, match="data.train is not set"):
+        SegmentationDataModule(make_config()).setup("fit")
+
+
+def test_split_needs_two_pairs(tmp_path: Path, rng: np.random.Generator) -> None:
+    save_png(tmp_path / "i" / "a.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    save_png(tmp_path / "m" / "a.png", np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="cannot hold out"):
+        _module(tmp_path / "i", tmp_path / "m").setup("fit")

@@ -1,0 +1,76 @@
+"""Transforms: train crops to patch_size with ignore-filled padding, val pads to the stride."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.data.transforms import build_transforms
+from segkit.errors import ConfigError
+from tests.data.conftest import make_config
+
+
+def _sample(rng: np.random.Generator, h: int, w: int, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    return rng.random((h, w, c)).astype(np.float32), rng.integers(0, 2, (h, w)).astype(np.int32)
+
+
+def test_train_pads_small_images_with_ignore(rng: np.random.Generator) -> None:
+    config = make_config()
+    image, mask = _sample(rng, 40, 50)
+    out = build_transforms(config, "train")(image=image, mask=mask)
+    assert out["image"].shape == (3, 64, 64) and out["image"].dtype == torch.float32
+    assert out["mask"].shape == (64, 64)
+    # every original pixel survives (flips/rotations only move them); padding is ignore_index
+    assert int((out["mask"] == 255).sum()) == 64 * 64 - 40 * 50
+    assert int((out["mask"] == 1).sum()) == int(mask.sum())
+
+
+def test_train_crops_large_images_to_patch(rng: np.random.Generator) -> None:
+    image, mask = _sample(rng, 100, 130)
+    out = build_transforms(make_config(), "train")(image=image, mask=mask)
+    assert out["image"].shape == (3, 64, 64)
+    assert not bool((out["mask"] == 255).any())
+
+
+def test_train_is_seeded(rng: np.random.Generator) -> None:
+    image, mask = _sample(rng, 100, 130)
+    a = build_transforms(make_config(run={"seed": 3}), "train")(image=image, mask=mask)
+    b = build_transforms(make_config(run={"seed": 3}), "train")(image=image, mask=mask)
+    torch.testing.assert_close(a["image"], b["image"])
+    torch.testing.assert_close(a["mask"], b["mask"])
+
+
+def test_val_pads_to_stride_top_left_and_normalises(rng: np.random.Generator) -> None:
+    config = make_config()
+    image, mask = _sample(rng, 40, 50)
+    out = build_transforms(config, "val", stride=32)(image=image, mask=mask)
+    assert out["image"].shape == (3, 64, 64)
+    m = out["mask"].numpy()
+    np.testing.assert_array_equal(m[:40, :50], mask)  # the original sits top-left: crop back with [:h, :w]
+    assert (m[40:] == 255).all() and (m[:, 50:] == 255).all()
+    mean = np.array(config.data.resolved_mean(), dtype=np.float32)
+    std = np.array(config.data.resolved_std(), dtype=np.float32)
+    expected = ((image - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(out["image"][:, :40, :50].numpy(), expected, rtol=1e-5, atol=1e-5)
+    # an image already a multiple of the stride is not padded
+    image2, mask2 = _sample(rng, 64, 96)
+    assert build_transforms(config, "val", stride=32)(image=image2, mask=mask2)["image"].shape == (3, 64, 96)
+    assert build_transforms(config, "val", stride=8)(image=image, mask=mask)["image"].shape == (3, 40, 56)
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_any_channel_count(rng: np.random.Generator, channels: int) -> None:
+    config = make_config({"in_channels": channels}, augment={"scale": [0.75, 1.25], "color_jitter": 1.0})
+    image, mask = _sample(rng, 50, 70, channels)
+    train = build_transforms(config, "train")(image=image, mask=mask)
+    val = build_transforms(config, "val")(image=image, mask=mask)
+    assert train["image"].shape == (channels, 64, 64)
+    assert val["image"].shape == (channels, 64, 96)
+    assert torch.isfinite(train["image"]).all()
+    assert set(np.unique(train["mask"].numpy())) <= {0, 1, 255}
+
+
+def test_unknown_stage() -> None:
+    with pytest.raises(ConfigError, match="unknown transform stage 'eval'"):
+        build_transforms(make_config(), "eval")
