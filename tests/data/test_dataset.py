@@ -126,3 +126,19 @@ def test_split_needs_two_pairs(tmp_path: Path, rng: np.random.Generator) -> None
     save_png(tmp_path / "m" / "a.png", np.zeros((8, 8), dtype=np.uint8))
     with pytest.raises(DataError, match="cannot hold out"):
         _module(tmp_path / "i", tmp_path / "m").setup("fit")
+
+
+def test_workers_get_distinct_augmentation_streams(tmp_path: Path, rng: np.random.Generator) -> None:
+    """albumentations keeps its own RNG: without reseeding, every worker would repeat the same crops."""
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for i in range(6):
+        save_png(tmp_path / "i" / f"{i}.png", image)
+        save_png(tmp_path / "m" / f"{i}.png", np.zeros((64, 64), dtype=np.uint8))
+    dm = _module(tmp_path / "i", tmp_path / "m", val_fraction=0.0, patch_size=16, batch_size=1, num_workers=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    torch.manual_seed(0)
+    crops = [batch["image"] for batch in loader]
+    assert len(crops) == 6
+    assert len({tuple(c.flatten()[:64].tolist()) for c in crops}) == 6
