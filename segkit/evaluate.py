@@ -1,0 +1,129 @@
+"""``segkit evaluate``: per-class metrics of a model on image/mask pairs.
+
+Predictions come from :class:`segkit.inference.predictor.Predictor` (the engine ``predict`` uses,
+so a ``.ckpt`` and its ``.onnx`` export are evaluated the same way, tiles and TTA included); masks
+are decoded with the model's own data settings (classes, encoding, palette, ignore_index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segkit.config import DataConfig, load_config
+from segkit.errors import ConfigError, DataError, ModelError
+from segkit.models.metrics import ConfusionMatrix, SegmentationMetrics
+from segkit.utils import atomic_write_text
+
+PREFETCH = 2  # images decoded ahead of the model
+
+
+def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
+    """The data section the model was trained with: from the bundle, the ONNX metadata, or
+    (for an ONNX file without segkit metadata) index masks of the model's classes."""
+    bundle = getattr(predictor.backend, "bundle", None)
+    config = getattr(bundle, "config", None)
+    if config is not None:
+        return config.data
+    info = predictor.info
+    if model_path.suffix.lower() == ".onnx":
+        from segkit.export.onnx import read_onnx_metadata
+
+        stored = read_onnx_metadata(model_path).get("config")
+        if stored:
+            try:
+                return load_config(json.loads(stored)).data
+            except (ConfigError, ValueError) as e:
+                raise ModelError(f"{model_path}: the stored config is not valid: {e}") from None
+    if model_path.suffix.lower() != ".onnx":
+        from segkit.bundle import load_bundle
+
+        return load_bundle(model_path).config.data
+    try:
+        return DataConfig(classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels)
+    except ValueError as e:
+        raise ModelError(f"{model_path}: cannot describe its masks ({e})") from None
+
+
+def _load_pair(image_path: Path, mask_path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    from segkit.data.io import read_image
+    from segkit.data.masks import load_mask
+
+    image = read_image(image_path, in_channels=data.in_channels, max_pixels=data.max_image_pixels)
+    mask = load_mask(mask_path, data)
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)")
+    return image, mask
+
+
+def _prefetched(pairs: Sequence[tuple[Path, Path]], data: DataConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode the next images in a background thread while the model runs on the current one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        items = iter(pairs)
+        for pair in items:
+            pending.append(pool.submit(_load_pair, *pair, data))
+            if len(pending) > PREFETCH:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load_pair, *nxt, data))
+            yield result
+
+
+def evaluate_pairs(
+    model_path: str | Path, pairs: Sequence[tuple[Path, Path]], *, device: str | None = None,
+    json_path: str | Path | None = None, tile: int | None = None, overlap: float | None = None,
+    blend: str | None = None, tta: str | None = None, batch_size: int | None = None,
+) -> SegmentationMetrics:
+    """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
+    from segkit.inference.predictor import Predictor
+
+    model_path = Path(model_path)
+    if not pairs:
+        raise DataError("no image/mask pairs to evaluate")
+    predictor = Predictor.from_path(model_path, device=device, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size)
+    data = model_data_config(model_path, predictor)
+    classes = list(predictor.info.classes)
+    if len(classes) != data.num_classes:
+        raise ModelError(f"{model_path}: the model has {len(classes)} classes but its data config lists {data.num_classes}")
+    confusion = ConfusionMatrix(len(classes), ignore_index=data.ignore_index)
+    for image, mask in _prefetched(pairs, data):
+        pred = predictor.predict(image)
+        confusion.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+    metrics = SegmentationMetrics(confusion.compute().numpy(), classes)
+    if json_path is not None:
+        payload = {"model": str(model_path), "images": len(pairs), **metrics.to_dict()}
+        try:
+            atomic_write_text(Path(json_path), json.dumps(payload, indent=2) + "\n")
+        except OSError as e:
+            raise DataError(f"cannot write {json_path}: {e.strerror or e}") from None
+    return metrics
+
+
+def evaluate(
+    model_path: str | Path, images: str | Path, masks: str | Path, device: str | None = None,
+    json_path: str | Path | None = None, tile: int | None = None, overlap: float | None = None,
+    blend: str | None = None, tta: str | None = None, batch_size: int | None = None,
+) -> SegmentationMetrics:
+    """Per-class IoU/Dice/precision/recall of a ``.ckpt`` or ``.onnx`` model on a folder pair.
+
+    Images and masks pair by stem (as in training); options left at ``None`` take the model's
+    stored predict defaults. With ``json_path`` the metrics are also written there (atomically).
+    """
+    from segkit.data.dataset import find_pairs
+
+    pairs = find_pairs(Path(images), Path(masks))
+    return evaluate_pairs(
+        model_path, pairs, device=device, json_path=json_path, tile=tile, overlap=overlap,
+        blend=blend, tta=tta, batch_size=batch_size,
+    )

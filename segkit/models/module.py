@@ -1,0 +1,155 @@
+"""The LightningModule: model, loss, metrics, optimiser and schedule from one SegkitConfig.
+
+torchgeo-style: ``__init__`` stores the bundle facts with ``save_hyperparameters`` (so every
+checkpoint Lightning writes *is* a segkit bundle that ``torch.load(weights_only=True)`` opens),
+then ``configure_models`` / ``configure_losses`` / ``configure_metrics``; one ``_shared_step``.
+No method is called ``configure_model`` (singular): Lightning would call it on every
+fit/validate/predict and rebuild the network over loaded weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+
+from segkit.bundle import bundle_hparams
+from segkit.config import SegkitConfig, load_config
+from segkit.models.build import build_model, model_stride
+from segkit.models.callbacks import ValidationPreview
+from segkit.models.losses import build_loss
+from segkit.models.metrics import ConfusionMatrix, SegmentationMetrics
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+@dataclass
+class WarmupSchedule:
+    """Learning-rate factor per optimiser step: linear warm-up, then cosine / poly decay or constant.
+
+    A plain dataclass (not a lambda) so ``LambdaLR.state_dict`` stores its fields and a resumed
+    run continues the same curve.
+    """
+
+    name: str
+    warmup_steps: int
+    total_steps: int | None
+    power: float = 0.9
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.name == "constant" or not self.total_steps:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.name == "cosine" else (1.0 - progress) ** self.power
+        return self.min_ratio + (1.0 - self.min_ratio) * decay
+
+
+class SegmentationModule(L.LightningModule):
+    """Semantic segmentation with any smp model.
+
+    Batches are dicts ``{"image": (N, C, H, W) float, "mask": (N, H, W) int64, ...}``; ``forward``
+    returns logits ``(N, K, H, W)``. ``config`` is a SegkitConfig or its dict; ``pretrained=False``
+    skips ``model.encoder_weights``; other keyword arguments are the stored bundle facts
+    Lightning passes back in ``load_from_checkpoint`` (ignored: the config holds them all).
+    """
+
+    def __init__(self, config: dict[str, Any] | SegkitConfig, pretrained: bool | None = None, **stored: Any) -> None:
+        super().__init__()
+        self.config = load_config(config)
+        # Weights that a checkpoint will overwrite (re-created from one, or resuming) are not
+        # downloaded or read: ``pretrained=None`` means "unless re-created from a checkpoint".
+        self._pretrained = "bundle_format" not in stored if pretrained is None else pretrained
+        self.configure_models()
+        self.save_hyperparameters(bundle_hparams(self.config, model_stride(self.model)))
+        self.configure_losses()
+        self.configure_metrics()
+        self.last_val_metrics: SegmentationMetrics | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Build ``self.model`` (the smp network) from ``config.model``."""
+        model_cfg = self.config.model
+        if not self._pretrained:
+            model_cfg = model_cfg.model_copy(update={"encoder_weights": None})
+        self.model = build_model(model_cfg, self.config.data.num_classes, self.config.data.in_channels)
+
+    def configure_losses(self) -> None:
+        """Build ``self.loss`` from ``config.loss``."""
+        data = self.config.data
+        self.loss = build_loss(self.config.loss, data.num_classes, data.ignore_index)
+
+    def configure_metrics(self) -> None:
+        """The validation confusion matrix (summed across DDP processes when computed)."""
+        data = self.config.data
+        self.val_confusion = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
+
+    # -- steps --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` normalised images -> ``(N, K, H, W)`` logits."""
+        return self.model(x)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = batch["image"], batch["mask"].long()
+        logits = self(images)
+        loss = self.loss(logits, masks)
+        n = images.shape[0]
+        train = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=not train)
+        if train:
+            for name, value in getattr(self.loss, "last_terms", {}).items():
+                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        return loss, logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._shared_step(batch, "train")
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits = self._shared_step(batch, "val")
+        preds = logits.argmax(1)
+        self.val_confusion.update(preds, batch["mask"].long())
+        return {"preds": preds}  # for the preview callback
+
+    def on_validation_epoch_end(self) -> None:
+        """Log dataset-level metrics from the confusion matrix reduced over all processes."""
+        matrix = self.val_confusion.compute()  # torchmetrics sums the state across DDP ranks here
+        self.val_confusion.reset()
+        metrics = SegmentationMetrics(matrix.cpu().numpy(), list(self.hparams["classes"]))
+        self.last_val_metrics = metrics
+        # Identical on every rank (the matrix is already reduced), so no further sync is needed.
+        self.log("val/mIoU", metrics.miou, prog_bar=True)
+        values = {"val/mDice": metrics.mdice, "val/micro_IoU": metrics.micro_iou, "val/pixel_accuracy": metrics.pixel_accuracy}
+        values.update({f"val/IoU/{name}": float(v) for name, v in zip(metrics.classes, metrics.iou, strict=True)})
+        self.log_dict(values)
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Optimiser from ``config.optimizer`` (no weight decay on norms and biases) and a
+        per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``."""
+        opt = self.config.optimizer
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        extra = {"momentum": opt.momentum} if opt.name == "sgd" else {}
+        optimizer = OPTIMIZERS[opt.name](groups, lr=opt.lr, **extra)
+        sched = self.config.scheduler
+        total = self.trainer.estimated_stepping_batches
+        batches = self.trainer.num_training_batches
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
+        schedule = WarmupSchedule(
+            name=sched.name, warmup_steps=round(sched.warmup_epochs * per_epoch),
+            total_steps=int(total) if math.isfinite(total) else None, power=sched.power, min_ratio=sched.min_lr_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The per-epoch preview grid travels with the module, whatever Trainer runs it."""
+        n = self.config.run.val_preview_images
+        return [ValidationPreview(n, self.config.data.ignore_index)] if n > 0 else []

@@ -1,0 +1,178 @@
+"""``segkit train``: check the data, fit with Lightning, keep the best checkpoint, report metrics.
+
+Everything a run writes lives in one folder: ``config.yaml`` (resolved), ``best.ckpt`` and
+``last.ckpt`` (segkit bundles, written atomically), ``logs/metrics.csv``, ``tensorboard/``,
+``previews/epoch_NNN.png`` and ``metrics.json`` (the best checkpoint evaluated on val).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+    TQDMProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from segkit.config import SegkitConfig, save_config
+from segkit.errors import ConfigError
+from segkit.models.metrics import SegmentationMetrics
+from segkit.utils import atomic_path
+
+MONITOR = "val/mIoU"
+_RUN_DIR_ENV = "SEGKIT_RUN_DIR"  # hands rank 0's run folder to DDP processes Lightning re-launches
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics: SegmentationMetrics  # the best checkpoint on the validation set
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, fsynced, then renamed over it.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the
+    system temp folder, so the final move is a copy when that is another file system, and a
+    killed run can leave a truncated ``last.ckpt``. Remote URLs keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(Path(path)) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` → bf16-mixed on GPUs with bf16, 16-mixed on older GPUs, 32-true otherwise (CPU:
+    bf16 autocast is far slower than fp32 there). Any other value is passed through unchanged."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _is_spawned_rank() -> bool:
+    """True in the processes Lightning's DDP launcher starts besides rank 0."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Path:
+    """``run.dir / run.name`` (name defaults to the config file's stem or "run"), numbered
+    ``-2``, ``-3`` ... when it exists — except when resuming, which continues in the named folder
+    (or in the folder of the checkpoint given to ``run.resume``)."""
+    run = config.run
+    if os.environ.get(_RUN_DIR_ENV) and _is_spawned_rank():
+        return Path(os.environ[_RUN_DIR_ENV])
+    name = run.name or (Path(config_path).stem if config_path else "run")
+    base = Path(run.dir) / name
+    if run.resume and run.resume != "last":
+        ckpt = Path(run.resume).expanduser()
+        if (ckpt.parent / "config.yaml").is_file():
+            return ckpt.parent
+    if run.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return base  # resuming, or all ranks started at once (torchrun/SLURM): no numbering race
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{name}-{n}")
+    return candidate
+
+
+def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
+    resume = config.run.resume
+    if not resume:
+        return None
+    path = run_dir / "last.ckpt" if resume == "last" else Path(resume).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"run.resume={resume}: checkpoint {path} not found (set run.name to the run folder to resume)")
+    from segkit.bundle import load_bundle
+
+    stored = load_bundle(path).config
+    for key in ("model.arch", "model.encoder", "model.kwargs", "data.classes", "data.in_channels"):
+        section, field = key.split(".")
+        old, new = getattr(getattr(stored, section), field), getattr(getattr(config, section), field)
+        if old != new:
+            raise ConfigError(f"run.resume: {path} was trained with {key}={old!r}, but the config now says {new!r}")
+    return path
+
+
+def _trainer(config: SegkitConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks."""
+    kwargs = {k: v for k, v in config.trainer.model_dump().items() if v is not None}
+    kwargs["precision"] = resolve_precision(str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto")))
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, save_last=True,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
+    if config.run.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=config.run.early_stopping_patience, check_finite=False))
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps)))
+    logger = kwargs.pop("logger", True)
+    loggers: Any = False
+    if logger is not False:
+        loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
+    kwargs.pop("default_root_dir", None)
+    trainer = L.Trainer(**kwargs, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=run_dir)
+    return trainer, checkpoint
+
+
+def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
+    """Fit a model as ``config`` says and evaluate its best checkpoint on the validation set.
+
+    The data is checked first (bad data is refused with a DataError listing the problems);
+    ``run.resume`` continues a run exactly (global step, optimiser and scheduler state).
+    """
+    from segkit.data.checks import check_or_raise
+    from segkit.data.datamodule import SegmentationDataModule
+    from segkit.evaluate import evaluate_pairs
+    from segkit.models.module import SegmentationModule
+
+    L.seed_everything(config.run.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(config, config_path)
+    ckpt_path = _resume_path(config, run_dir)
+    spawned = _is_spawned_rank()
+    if not spawned:
+        check_or_raise(config)
+    module = SegmentationModule(config, pretrained=ckpt_path is None)
+    datamodule = SegmentationDataModule(config, stride=int(module.hparams["stride"]))
+    datamodule.setup("fit")
+    if not datamodule.val_pairs:
+        raise ConfigError("no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train")
+    if not spawned:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        os.environ[_RUN_DIR_ENV] = str(run_dir)
+    trainer, checkpoint = _trainer(config, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    last = run_dir / "last.ckpt"
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    payload = None
+    if trainer.is_global_zero:
+        device = "cpu" if trainer.strategy.root_device.type == "cpu" else None
+        metrics = evaluate_pairs(best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json")
+        payload = metrics.to_dict()
+    payload = trainer.strategy.broadcast(payload, src=0)
+    return TrainResult(run_dir=run_dir, best_checkpoint=best, last_checkpoint=last, metrics=SegmentationMetrics.from_dict(payload))
