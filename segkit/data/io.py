@@ -246,6 +246,8 @@ def _read_native(path: Path, max_pixels: int | None) -> np.ndarray:
                 im = im.convert("RGB")
             elif im.mode == "PA":
                 im = im.convert("RGBA")
+            elif im.mode == "1":
+                im = im.convert("L")  # a bilevel image is black/white (0/255), not 0/1 intensities
             elif im.mode == "La":
                 im = im.convert("LA")
             elif im.mode == "RGBa":

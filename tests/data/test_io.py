@@ -152,6 +152,15 @@ def test_gray_to_three_and_rgb_to_one(tmp_path: Path, rgb: np.ndarray) -> None:
     assert np.abs(one[:, :, 0].astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_bilevel_image_is_black_and_white_but_bilevel_mask_is_0_1(tmp_path: Path) -> None:
+    bits = np.array([[0, 1, 1], [1, 0, 0]], dtype=bool)
+    path = tmp_path / "bits.png"
+    Image.fromarray(bits).save(path)
+    assert Image.open(path).mode == "1"
+    np.testing.assert_array_equal(read_image(path)[:, :, 0], bits * 255)
+    np.testing.assert_array_equal(read_mask(path), bits.astype(np.uint8))
+
+
 def test_cmyk_jpeg_reads_as_rgb(tmp_path: Path) -> None:
     colour = np.zeros((16, 16, 3), dtype=np.uint8)
     colour[:] = (200, 40, 60)
