@@ -1,0 +1,141 @@
+"""SegmentationModule: gradients reach every parameter, the checkpoint is a safe bundle, schedules."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from segkit.bundle import load_bundle
+from segkit.config import load_config
+from segkit.models.module import SegmentationModule, WarmupSchedule
+from tests.conftest import TINY_MODEL
+
+IGNORE = 255
+
+
+class RandomSegmentation(Dataset):
+    """Stand-in for segkit.data's dataset: the same item dict, random content."""
+
+    def __init__(self, n: int, size: int = 32, classes: int = 3) -> None:
+        self.n, self.size, self.classes = n, size, classes
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        mask = torch.randint(0, self.classes, (self.size, self.size), generator=g)
+        mask[:2] = IGNORE
+        image = torch.randn(3, self.size, self.size, generator=g) + mask.clamp(max=self.classes).float()
+        return {"image": image, "mask": mask, "name": f"{i:03d}"}
+
+
+def _config(**run):
+    return load_config({
+        "data": {"classes": ["a", "b", "c"], "patch_size": 32, "batch_size": 2, "num_workers": 0},
+        "model": TINY_MODEL,
+        "run": run,
+    })
+
+
+def _fit(module, root, max_steps=2, val=True):
+    trainer = L.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=2 if val else 0, default_root_dir=root,
+    )
+    train = DataLoader(RandomSegmentation(4), batch_size=2)
+    trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1) if val else None)
+    return trainer
+
+
+def test_every_parameter_gets_a_gradient():
+    module = SegmentationModule(_config())
+    batch = torch.utils.data.default_collate([RandomSegmentation(2)[i] for i in range(2)])
+    loss = module.loss(module(batch["image"]), batch["mask"])
+    loss.backward()
+    assert not [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    # timm zero-initialises each residual block's last norm, so only inner block weights may
+    # start with an exactly-zero gradient; the decoder and head must not
+    zero = [n for n, p in module.named_parameters() if p.grad.abs().sum() == 0]
+    assert not [n for n in zero if not n.startswith("model.encoder.")]
+
+
+def test_weights_change_after_training_steps(tmp_path):
+    cfg = load_config(_config(val_preview_images=0).to_dict(), ["optimizer.weight_decay=0", "scheduler.warmup_epochs=0"])
+    module = SegmentationModule(cfg)  # no weight decay: only gradients can move a weight
+    before = {k: v.clone() for k, v in module.model.state_dict().items() if v.dtype.is_floating_point}
+    _fit(module, tmp_path, max_steps=2, val=False)
+    after = module.model.state_dict()
+    unchanged = [k for k, v in before.items() if "running" not in k and torch.equal(v, after[k])]
+    assert not unchanged
+
+
+def test_checkpoint_is_a_bundle_loaded_with_weights_only(tmp_path):
+    module = SegmentationModule(_config(val_preview_images=2))
+    trainer = _fit(module, tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code allowed
+    assert raw["hyper_parameters"]["classes"] == ["a", "b", "c"]
+    assert raw["hyper_parameters"]["stride"] == 8
+    assert raw["global_step"] == 2
+
+    x = torch.randn(1, 3, 48, 40)
+    module.eval()
+    with torch.no_grad():
+        expected = module(x)
+        from_bundle = load_bundle(path).build_model()(x)
+        reloaded = SegmentationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()(x)
+    torch.testing.assert_close(from_bundle, expected)
+    torch.testing.assert_close(reloaded, expected)
+
+    # the validation preview: 2 rows of image | truth | prediction
+    preview = Image.open(tmp_path / "previews" / "epoch_000.png")
+    assert preview.width == 3 * 32 + 2 * 4 and preview.height == 2 * 32 + 4
+
+
+def test_validation_logs_dataset_level_metrics(tmp_path):
+    module = SegmentationModule(_config(val_preview_images=0))
+    trainer = _fit(module, tmp_path, max_steps=2)  # one epoch, then validation
+    metrics = module.last_val_metrics
+    assert metrics is not None
+    # 2 val images of 32x32 with two ignored rows each
+    assert metrics.total_pixels == 2 * 30 * 32
+    logged = trainer.callback_metrics
+    assert logged["val/mIoU"].item() == pytest.approx(metrics.miou)
+    assert {"val/loss", "val/pixel_accuracy", "val/IoU/a", "val/micro_IoU"} <= set(logged)
+
+
+def test_pretrained_false_skips_encoder_weights(tmp_path):
+    cfg = _config().model_copy(update={"model": _config().model.model_copy(update={"encoder_weights": str(tmp_path / "missing.pth")})})
+    module = SegmentationModule(cfg, pretrained=False)  # resuming: the checkpoint brings the weights
+    assert module.hparams["config"]["model"]["encoder_weights"].endswith("missing.pth")
+
+
+@pytest.mark.parametrize("name", ["cosine", "poly", "constant"])
+def test_schedule_warms_up_then_decays(name):
+    s = WarmupSchedule(name=name, warmup_steps=4, total_steps=20, power=0.9, min_ratio=0.1)
+    factors = np.array([s(i) for i in range(21)])
+    assert np.all(np.diff(factors[:5]) > 0) and factors[0] < 0.5  # linear warm-up
+    assert factors[4] == pytest.approx(1.0)
+    if name == "constant":
+        assert np.allclose(factors[4:], 1.0)
+    else:
+        assert np.all(np.diff(factors[4:]) <= 1e-12)
+        assert factors[20] == pytest.approx(0.1)
+
+
+def test_optimizer_and_scheduler_follow_the_config(tmp_path):
+    cfg = load_config(_config().to_dict(), ["optimizer.name=sgd", "optimizer.lr=0.5", "scheduler.name=constant", "scheduler.warmup_epochs=0"])
+    module = SegmentationModule(cfg)
+    trainer = _fit(module, tmp_path, max_steps=2, val=False)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # norms and biases are not decayed
