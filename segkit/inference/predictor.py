@@ -1,0 +1,223 @@
+"""``Predictor``: one tiled, memory-bounded engine over a torch checkpoint or an ONNX file.
+
+Keyword arguments left at ``None`` take the model's stored defaults (``predict.*`` of the bundle or
+the ONNX metadata), so ``Predictor.from_path(p).predict(img)`` does what training intended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segkit.errors import ConfigError, DataError, ModelError
+from segkit.inference.backend import Backend, ModelInfo
+from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
+
+TTA_MODES = ("none", "flip", "d4")
+_Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _tta_transforms(mode: str) -> list[_Transform]:
+    """(forward, inverse) pairs on the last two axes. flip = the 4 horizontal/vertical flips, d4 = 8."""
+    if mode == "none":
+        return [(lambda t: t, lambda t: t)]
+    if mode == "flip":
+        return [
+            (lambda t, d=d: t.flip(d) if d else t, lambda t, d=d: t.flip(d) if d else t)  # type: ignore[misc]
+            for d in ((), (-1,), (-2,), (-2, -1))
+        ]
+    if mode == "d4":
+        out: list[_Transform] = []
+        for k in range(4):
+            out.append((lambda t, k=k: torch.rot90(t, k, (-2, -1)), lambda t, k=k: torch.rot90(t, -k, (-2, -1))))
+            out.append((lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)), lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1)))
+        return out
+    raise ConfigError(f"unknown tta '{mode}' (allowed: {', '.join(TTA_MODES)})")
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luminance as PIL's "L" and ``read_image(path, in_channels=1)``: integers stay integers."""
+    luma = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if np.issubdtype(rgb.dtype, np.integer):
+        info = np.iinfo(rgb.dtype)
+        luma = np.clip(np.rint(luma), info.min, info.max)
+    return luma.astype(rgb.dtype)[..., None]
+
+
+def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """``H x W x C`` -> ``H x W x in_channels``: gray is repeated, alpha dropped, RGB made gray."""
+    c = image.shape[2]
+    if c == in_channels:
+        return image
+    if in_channels == 1 and c in (3, 4):
+        return _luminance(image)
+    if in_channels == 1 and c == 2:  # gray + alpha
+        return image[..., :1]
+    if in_channels == 3 and c in (1, 2):
+        return np.repeat(image[..., :1], 3, axis=2)
+    if in_channels == 3 and c == 4:  # RGBA
+        return image[..., :3]
+    raise DataError(f"the image has {c} channels but the model takes {in_channels}; convert it first")
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """Scale to float32 [0, 1] by dtype (uint8 /255, uint16 /65535; float kept as is)."""
+    try:
+        from segkit.data.io import image_to_float
+    except ImportError:  # the data package is optional for array inputs
+        image_to_float = None
+    if image_to_float is not None:
+        return image_to_float(image)
+    if image.dtype == np.bool_:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    return image.astype(np.float32, copy=False)
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"expected a numpy array HxW or HxWxC, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] < 1:
+        raise DataError(f"expected an image HxW or HxWxC, got an array of shape {image.shape}")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating) or image.dtype == np.bool_):
+        raise DataError(f"expected an integer or float image, got dtype {image.dtype}")
+    return image
+
+
+@dataclass
+class Settings:
+    """Resolved tiling options of one call."""
+
+    tile: int
+    overlap: float
+    blend: str
+    tta: str
+    batch_size: int
+
+
+class Predictor:
+    """Tiled inference with blending and TTA over any :class:`~segkit.inference.backend.Backend`."""
+
+    def __init__(self, backend: Backend, *, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None, batch_size: int | None = None) -> None:
+        self.backend = backend
+        self.info: ModelInfo = backend.info
+        self._defaults = {"tile": tile, "overlap": overlap, "blend": blend, "tta": tta, "batch_size": batch_size}
+        self.settings()  # validate early
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, device: str | None = None, tile: int | None = None, overlap: float | None = None,
+        blend: str | None = None, tta: str | None = None, batch_size: int | None = None, **onnx_facts: Any,
+    ) -> Predictor:
+        """Open a ``.ckpt`` bundle (torch) or a ``.onnx`` export (onnxruntime).
+
+        ``onnx_facts`` (``classes``, ``mean``, ``std``) describe an ONNX file without segkit metadata.
+        """
+        path = Path(path)
+        facts = {k: v for k, v in onnx_facts.items() if v is not None}
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        if path.suffix.lower() == ".onnx":
+            from segkit.inference.onnx_backend import OnnxBackend
+
+            backend: Backend = OnnxBackend.from_path(path, device=device, **facts)
+        else:
+            if facts:
+                raise ConfigError(f"{path}: {', '.join(sorted(facts))} only apply to .onnx models; a checkpoint carries its own")
+            from segkit.bundle import load_bundle
+            from segkit.inference.torch_backend import TorchBackend
+
+            backend = TorchBackend(load_bundle(path), device)
+        return cls(backend, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size)
+
+    def with_options(self, **options: Any) -> Predictor:
+        """A predictor on the same backend whose unset (``None``) options keep this one's."""
+        merged = {k: options.get(k) if options.get(k) is not None else v for k, v in self._defaults.items()}
+        return Predictor(self.backend, **merged)
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Call options, else the predictor's, else the model's defaults; validated."""
+        def pick(key: str) -> Any:
+            for source in (overrides, self._defaults):
+                if source.get(key) is not None:
+                    return source[key]
+            return getattr(self.info, key)
+
+        s = Settings(tile=int(pick("tile")), overlap=float(pick("overlap")), blend=str(pick("blend")), tta=str(pick("tta")), batch_size=int(pick("batch_size")))
+        if s.tile < 1 or s.batch_size < 1 or s.overlap < 0:
+            raise ConfigError(f"tile ({s.tile}) and batch_size ({s.batch_size}) must be >= 1 and overlap ({s.overlap}) >= 0")
+        if s.blend not in BLENDS:
+            raise ConfigError(f"unknown blend '{s.blend}' (allowed: {', '.join(BLENDS)})")
+        if s.tta not in TTA_MODES:
+            raise ConfigError(f"unknown tta '{s.tta}' (allowed: {', '.join(TTA_MODES)})")
+        return s
+
+    def grid(self, height: int, width: int, tile: int | None = None, overlap: float | None = None) -> TileGrid:
+        """The tile grid an ``height x width`` image gets (``len(grid)`` = tiles per TTA pass)."""
+        s = self.settings(tile=tile, overlap=overlap)
+        return make_grid(height, width, s.tile, s.overlap, self.info.stride)
+
+    def _prepare(self, tile: np.ndarray) -> np.ndarray:
+        x = to_unit_float(adapt_channels(tile, self.info.in_channels)).astype(np.float32, copy=False)
+        mean = np.asarray(self.info.mean, dtype=np.float32)
+        std = np.asarray(self.info.std, dtype=np.float32)
+        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+    def _runner(self, tta: str) -> Callable[[np.ndarray], np.ndarray]:
+        transforms = _tta_transforms(tta)
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(batch)
+            acc = None
+            for fwd, inv in transforms:
+                p = inv(self.backend(fwd(x).contiguous()))
+                acc = p if acc is None else acc + p
+            return (acc / len(transforms)).float().cpu().numpy()  # type: ignore[union-attr]
+
+        return run
+
+    def iter_bands(
+        self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None,
+        tta: str | None = None, *, on_tiles: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
+
+        ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
+        read tile by tile, so a memory-mapped image is never loaded whole.
+        """
+        image = _check_image(image)
+        s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
+        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
+        yield from iter_stitched(
+            image, grid, self._runner(s.tta), self.info.num_classes,
+            blend=s.blend, batch_size=s.batch_size, prepare=self._prepare, on_tiles=on_tiles,
+        )
+
+    def predict_proba(self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None) -> np.ndarray:
+        """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
+        image = _check_image(image)
+        out = np.empty((self.info.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
+        for row, band in self.iter_bands(image, tile, overlap, blend, tta):
+            out[:, row : row + band.shape[1]] = band
+        return out
+
+    def predict(self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None) -> np.ndarray:
+        """``(H, W)`` class indices: uint8 when the model has <= 256 classes, else int32."""
+        image = _check_image(image)
+        out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))
+        for row, band in self.iter_bands(image, tile, overlap, blend, tta):
+            out[row : row + band.shape[1]] = band.argmax(0)
+        return out
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 labels up to 256 classes (what PNG masks hold), int32 beyond."""
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)

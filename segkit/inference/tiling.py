@@ -1,0 +1,222 @@
+"""The tile grid, blend windows and the streaming stitcher shared by every backend.
+
+An image of any size is covered by a grid of equal tiles spread evenly so the last tile ends at the
+(stride-padded) border. Pixels outside the image are read by reflection, so no padded copy of the
+image is ever made. Tiles are run in row-major order and a band of rows is handed on as soon as no
+pending tile touches it, so memory grows with ``width x tile height x classes``, not with the area.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from segkit.errors import ConfigError
+
+BLENDS = ("constant", "gaussian", "cosine")
+GAUSSIAN_SIGMA = 0.125  # of the tile side, as in nnU-Net / MONAI's sliding window
+_MIN_WEIGHT = 1e-3  # per axis: windows stay strictly positive, products stay far from denormals
+
+
+def overlap_pixels(overlap: float, tile: int) -> int:
+    """Overlap in pixels: a fraction (< 1) of the tile, or pixels (>= 1). Must leave a step > 0."""
+    if overlap < 0:
+        raise ConfigError(f"overlap must be >= 0 (a fraction < 1 or pixels), got {overlap}")
+    px = int(round(overlap * tile)) if overlap < 1 else int(overlap)
+    if px >= tile:
+        raise ConfigError(f"overlap {overlap} ({px} px) must be smaller than the tile ({tile} px)")
+    return px
+
+
+def axis_starts(length: int, tile: int, overlap_px: int, stride: int = 1) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)``; the last ends at ``length``.
+
+    ``length`` and ``tile`` are multiples of ``stride`` and ``tile <= length``. Starts are snapped to
+    the stride, so every tile sees the same pooling phase as the whole image would.
+    """
+    if tile >= length:
+        return [0]
+    units, tile_u, overlap_u = length // stride, tile // stride, min(overlap_px / stride, tile // stride - 1e-9)
+    n = max(2, math.ceil((units - overlap_u) / (tile_u - overlap_u)))
+    starts = np.rint(np.linspace(0, units - tile_u, n)).astype(int) * stride
+    return sorted({int(s) for s in starts})
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one image go. Tiles are ``tile_h x tile_w`` and start at ``ys x xs``."""
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile_h: int
+    tile_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        """``(y, x)`` of every tile in row-major order (the order the stitcher relies on)."""
+        for y in self.ys:
+            for x in self.xs:
+                yield y, x
+
+
+def make_grid(height: int, width: int, tile: int, overlap: float, stride: int) -> TileGrid:
+    """The tile grid of an ``height x width`` image for a model of output ``stride``.
+
+    The image is (virtually) reflect-padded on the bottom/right to a multiple of ``stride``. The tile
+    is rounded down to a multiple of ``stride`` and shrinks to the padded image when that is smaller.
+    """
+    if height < 1 or width < 1:
+        raise ConfigError(f"cannot tile an empty image of {height}x{width} pixels")
+    if tile < 1 or stride < 1:
+        raise ConfigError(f"tile ({tile}) and stride ({stride}) must be positive")
+    tile = max(stride, tile // stride * stride)
+    ph, pw = -(-height // stride) * stride, -(-width // stride) * stride
+    th, tw = min(tile, ph), min(tile, pw)
+    ov = overlap_pixels(overlap, tile)
+    return TileGrid(
+        height=height, width=width, padded_height=ph, padded_width=pw, tile_h=th, tile_w=tw,
+        ys=tuple(axis_starts(ph, th, min(ov, th - 1), stride)),
+        xs=tuple(axis_starts(pw, tw, min(ov, tw - 1), stride)),
+    )
+
+
+def reflect_indices(start: int, size: int, n: int) -> np.ndarray:
+    """Indices ``start .. start+size-1`` mapped into ``[0, n)`` by reflection (``np.pad`` 'reflect')."""
+    idx = np.arange(start, start + size)
+    if n == 1:
+        return np.zeros(size, dtype=np.intp)
+    period = 2 * (n - 1)
+    idx = idx % period
+    return np.where(idx >= n, period - idx, idx).astype(np.intp)
+
+
+def extract_tile(image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """The ``h x w`` window of ``image`` (``H x W [x C]``) at ``(y, x)``, reflected past the border.
+
+    Inside the image this is a view (no copy of a memory-mapped image is made).
+    """
+    height, width = image.shape[:2]
+    if y + h <= height and x + w <= width:
+        return image[y : y + h, x : x + w]
+    rows, cols = reflect_indices(y, h, height), reflect_indices(x, w, width)
+    return image[np.ix_(rows, cols)]
+
+
+def _window_1d(n: int, kind: str) -> np.ndarray:
+    if kind == "constant":
+        return np.ones(n, dtype=np.float64)
+    centres = np.arange(n) + 0.5
+    if kind == "gaussian":
+        sigma = max(GAUSSIAN_SIGMA * n, 1e-6)
+        w = np.exp(-0.5 * ((centres - n / 2) / sigma) ** 2)
+    elif kind == "cosine":
+        w = np.sin(np.pi * centres / n) ** 2
+    else:
+        raise ConfigError(f"unknown blend '{kind}' (allowed: {', '.join(BLENDS)})")
+    return np.maximum(w / w.max(), _MIN_WEIGHT)
+
+
+def blend_window(h: int, w: int, kind: str = "gaussian") -> np.ndarray:
+    """``(h, w)`` float32 weights of a tile's pixels: 1 at the centre, strictly positive everywhere."""
+    return np.outer(_window_1d(h, kind), _window_1d(w, kind)).astype(np.float32)
+
+
+class BandStitcher:
+    """Accumulates weighted tile probabilities and releases finished bands of rows.
+
+    Only the rows between the first unfinished row and the lowest tile added so far are held:
+    ``K x (tile height + band) x padded width`` floats.
+    """
+
+    def __init__(self, grid: TileGrid, num_classes: int, window: np.ndarray) -> None:
+        self.grid = grid
+        self.num_classes = num_classes
+        self.window = window
+        self.top = 0  # absolute row of buffer row 0
+        self._acc = np.zeros((num_classes, grid.tile_h, grid.padded_width), dtype=np.float32)
+        self._wsum = np.zeros((grid.tile_h, grid.padded_width), dtype=np.float32)
+
+    def _ensure(self, rows: int) -> None:
+        if rows > self._wsum.shape[0]:
+            grow = rows - self._wsum.shape[0]
+            self._acc = np.concatenate([self._acc, np.zeros((self.num_classes, grow, self._acc.shape[2]), np.float32)], axis=1)
+            self._wsum = np.concatenate([self._wsum, np.zeros((grow, self._wsum.shape[1]), np.float32)], axis=0)
+
+    def add(self, y: int, x: int, probs: np.ndarray) -> None:
+        """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)`` (``y >= self.top``)."""
+        if y < self.top:
+            raise ValueError(f"tile at row {y} arrives after rows up to {self.top} were released")
+        g = self.grid
+        r = y - self.top
+        self._ensure(r + g.tile_h)
+        self._acc[:, r : r + g.tile_h, x : x + g.tile_w] += probs * self.window
+        self._wsum[r : r + g.tile_h, x : x + g.tile_w] += self.window
+
+    def release(self, upto: int) -> tuple[int, np.ndarray] | None:
+        """Normalise and hand back rows ``[top, upto)`` cropped to the image: ``(row, (K, n, W))``."""
+        g = self.grid
+        upto = min(upto, g.padded_height)
+        n = upto - self.top
+        if n <= 0:
+            return None
+        keep = min(upto, g.height) - self.top
+        band = None
+        if keep > 0:
+            band = self._acc[:, :keep, : g.width] / self._wsum[:keep, : g.width]
+        rest = self._wsum.shape[0] - n
+        self._acc[:, :rest] = self._acc[:, n:]
+        self._acc[:, rest:] = 0
+        self._wsum[:rest] = self._wsum[n:]
+        self._wsum[rest:] = 0
+        start, self.top = self.top, upto
+        return (start, band) if band is not None else None
+
+
+def iter_stitched(
+    image: np.ndarray,
+    grid: TileGrid,
+    run: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+    *,
+    blend: str = "gaussian",
+    batch_size: int = 8,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_tiles: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Run ``run`` over the tiles of ``image`` and yield finished ``(row_start, (K, rows, W))`` bands.
+
+    ``image`` is ``H x W [x C]`` in any dtype; ``prepare`` turns one raw tile into ``(C, h, w)``
+    float32 model input (default: channels-first float32). ``run`` maps ``(N, C, h, w)`` to
+    ``(N, K, h, w)`` float32 probabilities. Bands cover rows ``0..H-1`` in order, exactly once.
+    """
+    if image.shape[0] != grid.height or image.shape[1] != grid.width:
+        raise ValueError(f"image {image.shape[:2]} does not match the grid {grid.height}x{grid.width}")
+    prepare = prepare or _default_prepare
+    stitcher = BandStitcher(grid, num_classes, blend_window(grid.tile_h, grid.tile_w, blend))
+    tiles = list(grid.tiles())
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i : i + batch_size]
+        batch = np.stack([prepare(extract_tile(image, y, x, grid.tile_h, grid.tile_w)) for y, x in chunk])
+        probs = run(batch)
+        for (y, x), p in zip(chunk, probs, strict=True):
+            stitcher.add(y, x, p)
+        if on_tiles is not None:
+            on_tiles(len(chunk))
+        upto = tiles[i + batch_size][0] if i + batch_size < len(tiles) else grid.padded_height
+        released = stitcher.release(upto)
+        if released is not None:
+            yield released
+
+
+def _default_prepare(tile: np.ndarray) -> np.ndarray:
+    tile = tile[..., None] if tile.ndim == 2 else tile
+    return np.ascontiguousarray(tile.transpose(2, 0, 1), dtype=np.float32)

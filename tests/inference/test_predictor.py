@@ -1,0 +1,177 @@
+"""The Predictor: tiled == whole image, any size, any input type, TTA, defaults from the bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.errors import ConfigError, DataError, ModelError
+from segkit.inference.predictor import Predictor
+from segkit.inference.tiling import make_grid
+
+from .conftest import CLASSES, colour_scene, shapes_image
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle_path) -> Predictor:
+    return Predictor.from_path(bundle_path, device="cpu")
+
+
+def whole_image_probs(p: Predictor, image: np.ndarray) -> np.ndarray:
+    """The model run once on the whole image, reflect-padded to the stride: the reference."""
+    h, w = image.shape[:2]
+    s = p.info.stride
+    padded = np.pad(image, ((0, -h % s), (0, -w % s), (0, 0)), mode="reflect")
+    x = p._prepare(padded)[None]
+    with torch.inference_mode():
+        probs = p.backend(torch.from_numpy(x))[0].numpy()
+    return probs[:, :h, :w]
+
+
+def test_info_comes_from_the_bundle(predictor):
+    info = predictor.info
+    assert info.classes == CLASSES and info.in_channels == 3 and info.stride == 8
+    assert info.tile == 64 and info.batch_size == 4 and info.blend == "gaussian"
+    assert predictor.settings().tile == 64
+    assert predictor.settings(tile=128).tile == 128
+
+
+def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
+    image = shapes_image(90, 77, seed=1)
+    probs = predictor.predict_proba(image, tile=512)
+    np.testing.assert_allclose(probs, whole_image_probs(predictor, image), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_bundle_path) -> Predictor:
+    return Predictor.from_path(trained_bundle_path, device="cpu")
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "cosine"])
+def test_overlapping_tiles_agree_with_the_whole_image(trained, blend):
+    predictor = trained
+    image, truth = colour_scene(160, 192, seed=12345)
+    reference = whole_image_probs(predictor, image).argmax(0)
+    assert (reference == truth).mean() > 0.8  # the model did learn something: the test is not vacuous
+    tile, overlap = 64, 0.5
+    labels = predictor.predict(image, tile=tile, overlap=overlap, blend=blend)
+    differ = labels != reference
+    assert differ.mean() <= 1e-3, f"{differ.mean():.4%} of pixels differ"
+    # Disagreement must not sit on the tile seams: pixels within 4 px of a tile edge disagree no
+    # more often than 1% of them (a stitching bug would mis-label whole seam lines).
+    grid = make_grid(*image.shape[:2], tile, overlap, predictor.info.stride)
+    seam = np.zeros(image.shape[:2], bool)
+    for y in grid.ys:
+        for edge in (y, y + grid.tile_h):
+            seam[max(0, edge - 4) : edge + 4] = True
+    for x in grid.xs:
+        for edge in (x, x + grid.tile_w):
+            seam[:, max(0, edge - 4) : edge + 4] = True
+    seam[:4] = seam[-4:] = seam[:, :4] = seam[:, -4:] = False  # image borders are not seams
+    assert differ[seam].mean() <= 0.01
+
+
+def test_no_overlap_constant_blend_still_covers_everything(predictor):
+    image = shapes_image(150, 130, seed=3)
+    probs = predictor.predict_proba(image, tile=64, overlap=0, blend="constant")
+    assert probs.shape == (4, 150, 130) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 1000), (1000, 7), (513, 513)])
+def test_odd_sizes_give_a_mask_of_the_input_size(predictor, shape):
+    image = shapes_image(*shape, seed=4)
+    mask = predictor.predict(image, tile=128)
+    assert mask.shape == shape and mask.dtype == np.uint8
+    assert mask.max() < len(CLASSES)
+
+
+def test_input_dtypes_and_channel_counts(predictor, gray_bundle_path):
+    rgb = shapes_image(64, 80, seed=5)
+    expected = predictor.predict(rgb)
+    np.testing.assert_array_equal(predictor.predict(rgb.astype(np.uint16) * 257), expected)  # 16-bit, same picture
+    np.testing.assert_array_equal(predictor.predict(rgb.astype(np.float32) / 255), expected)
+    rgba = np.concatenate([rgb, np.full((64, 80, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(predictor.predict(rgba), expected)  # alpha is dropped
+    gray = rgb[..., 0]
+    np.testing.assert_array_equal(predictor.predict(gray), predictor.predict(np.repeat(gray[..., None], 3, 2)))
+    gray_model = Predictor.from_path(gray_bundle_path, device="cpu")
+    luma = np.rint(rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).astype(np.uint8)
+    np.testing.assert_array_equal(gray_model.predict(rgb), gray_model.predict(luma))
+    with pytest.raises(DataError, match="5 channels but the model takes 3"):
+        predictor.predict(np.zeros((8, 8, 5), np.uint8))
+    with pytest.raises(DataError, match="shape"):
+        predictor.predict(np.zeros((8,), np.uint8))
+
+
+@pytest.mark.parametrize("tta,passes", [("flip", 4), ("d4", 8)])
+def test_tta_is_a_mean_over_transformed_passes(predictor, tta, passes):
+    image = shapes_image(64, 64, seed=6)
+    calls = []
+    backend = predictor.backend
+    original = type(backend).__call__
+
+    def counting(self, x):
+        calls.append(tuple(x.shape))
+        return original(self, x)
+
+    type(backend).__call__ = counting
+    try:
+        probs = predictor.predict_proba(image, tile=64, tta=tta)
+    finally:
+        type(backend).__call__ = original
+    assert len(calls) == passes
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    # the mean over passes of the flipped image is the manual mean over flipped predictions
+    manual = np.mean([
+        np.flip(predictor.predict_proba(np.flip(image, axes), tile=64), tuple(a + 1 for a in axes))
+        for axes in [(), (1,), (0,), (0, 1)]
+    ], axis=0)
+    if tta == "flip":
+        np.testing.assert_allclose(probs, manual, atol=1e-5)
+
+
+def test_tta_commutes_with_tiling(trained):
+    image, _ = colour_scene(160, 96, seed=7)
+    whole = trained.predict_proba(image, tile=512, tta="d4")
+    tiled = trained.predict_proba(image, tile=64, overlap=0.5, tta="d4")
+    assert (whole.argmax(0) == tiled.argmax(0)).mean() > 0.998
+
+
+def test_bad_options_and_files(predictor, tmp_path):
+    with pytest.raises(ConfigError, match="unknown blend 'box'"):
+        predictor.predict(np.zeros((8, 8, 3), np.uint8), blend="box")
+    with pytest.raises(ConfigError, match="unknown tta"):
+        predictor.predict(np.zeros((8, 8, 3), np.uint8), tta="rot")
+    with pytest.raises(ModelError, match="not found"):
+        Predictor.from_path(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="bad.ckpt"):
+        Predictor.from_path(bad)
+
+
+def test_ckpt_refuses_onnx_only_facts(bundle_path):
+    with pytest.raises(ConfigError, match="only apply to .onnx"):
+        Predictor.from_path(bundle_path, classes=["a", "b"])
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(bundle_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ModelError, match="CUDA is not available"):
+        Predictor.from_path(bundle_path, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_autocast_matches_cpu(bundle_path):
+    image = shapes_image(200, 180, seed=8)
+    cpu = Predictor.from_path(bundle_path, device="cpu").predict_proba(image)
+    gpu = Predictor.from_path(bundle_path, device="cuda").predict_proba(image)
+    assert gpu.dtype == np.float32
+    np.testing.assert_allclose(gpu.sum(0), 1.0, atol=1e-4)
+    assert (cpu.argmax(0) == gpu.argmax(0)).mean() > 0.99
+    assert np.abs(cpu - gpu).max() < 0.05

@@ -1,0 +1,139 @@
+"""The tile grid, blend windows and streaming stitcher, property-tested with an identity model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segkit.errors import ConfigError
+from segkit.inference.tiling import (
+    BLENDS,
+    BandStitcher,
+    blend_window,
+    extract_tile,
+    iter_stitched,
+    make_grid,
+    overlap_pixels,
+    reflect_indices,
+)
+
+sizes = st.integers(1, 300)
+strides = st.sampled_from([1, 8, 32])
+tiles = st.integers(8, 160)
+overlaps = st.one_of(st.floats(0, 0.9), st.integers(1, 200).map(float))
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=sizes, w=sizes, tile=tiles, overlap=overlaps, stride=strides)
+def test_grid_covers_every_pixel_with_stride_aligned_tiles(h, w, tile, overlap, stride):
+    try:
+        grid = make_grid(h, w, tile, overlap, stride)
+    except ConfigError:  # an overlap of pixels >= the tile is refused, with a message
+        assert overlap >= 1 and overlap >= max(stride, tile // stride * stride)
+        return
+    assert grid.padded_height % stride == 0 and grid.padded_width % stride == 0
+    assert grid.padded_height >= h and grid.padded_width >= w
+    assert grid.tile_h % stride == 0 and grid.tile_w % stride == 0
+    count = np.zeros((grid.padded_height, grid.padded_width), dtype=int)
+    for y, x in grid.tiles():
+        assert y % stride == 0 and x % stride == 0
+        assert y + grid.tile_h <= grid.padded_height and x + grid.tile_w <= grid.padded_width
+        count[y : y + grid.tile_h, x : x + grid.tile_w] += 1
+    assert count.min() >= 1
+    assert grid.ys[-1] + grid.tile_h == grid.padded_height and grid.xs[-1] + grid.tile_w == grid.padded_width
+    assert list(grid.ys) == sorted(set(grid.ys)) and list(grid.xs) == sorted(set(grid.xs))
+
+
+@settings(max_examples=100, deadline=None)
+@given(h=st.integers(1, 200), w=st.integers(1, 200), kind=st.sampled_from(BLENDS))
+def test_blend_windows_are_strictly_positive_and_peak_at_one(h, w, kind):
+    win = blend_window(h, w, kind)
+    assert win.shape == (h, w) and win.dtype == np.float32
+    assert np.all(win > 0) and np.all(np.isfinite(win))
+    assert win.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(win, win[::-1, ::-1], rtol=1e-6)  # symmetric: no direction is favoured
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    h=st.integers(1, 150), w=st.integers(1, 150), tile=st.integers(8, 96), overlap=st.floats(0, 0.75),
+    stride=st.sampled_from([1, 8]), kind=st.sampled_from(BLENDS), batch=st.integers(1, 5), channels=st.integers(1, 3),
+)
+def test_identity_model_stitches_back_to_its_input(h, w, tile, overlap, stride, kind, batch, channels):
+    image = np.random.default_rng(h * 1000 + w).random((h, w, channels), dtype=np.float32)
+    grid = make_grid(h, w, tile, overlap, stride)
+    out = np.full((channels, h, w), np.nan, dtype=np.float32)
+    rows_seen = []
+    for row, band in iter_stitched(image, grid, lambda x: x, channels, blend=kind, batch_size=batch):
+        assert band.shape[0] == channels and band.shape[2] == w
+        rows_seen.extend(range(row, row + band.shape[1]))
+        out[:, row : row + band.shape[1]] = band
+    assert rows_seen == list(range(h))  # every row exactly once, in order
+    np.testing.assert_allclose(out, image.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_bands_are_released_before_the_whole_image_is_processed():
+    """Peak memory is a band, not the image: the first band comes out after the first tile row."""
+    h, w, tile = 400, 64, 64
+    grid = make_grid(h, w, tile, 0.25, 8)
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return x
+
+    stream = iter_stitched(np.zeros((h, w, 1), np.float32), grid, run, 1, batch_size=1)
+    row, band = next(stream)
+    assert row == 0 and band.shape[1] == grid.ys[1]
+    assert sum(calls) == 1 < len(grid)
+    rest = list(stream)
+    assert sum(calls) == len(grid)
+    assert all(b.shape[1] <= tile for _, b in rest)
+
+
+def test_stitcher_buffer_stays_a_tile_high_for_wide_images():
+    grid = make_grid(1000, 3000, 128, 0.25, 8)
+    st_ = BandStitcher(grid, 2, blend_window(grid.tile_h, grid.tile_w))
+    peak = 0
+    for y, x in grid.tiles():
+        st_.add(y, x, np.ones((2, grid.tile_h, grid.tile_w), np.float32))
+        peak = max(peak, st_._wsum.shape[0])
+        if x == grid.xs[-1]:
+            nxt = [yy for yy in grid.ys if yy > y]
+            st_.release(nxt[0] if nxt else grid.padded_height)
+    assert peak == grid.tile_h
+
+
+def test_reflect_indices_match_numpy_pad():
+    for n in (1, 2, 5, 17):
+        data = np.arange(n)
+        padded = np.pad(data, (0, 40), mode="reflect")
+        np.testing.assert_array_equal(data[reflect_indices(0, n + 40, n)], padded)
+
+
+def test_extract_tile_inside_is_a_view_and_outside_reflects():
+    image = np.arange(5 * 7).reshape(5, 7)
+    inside = extract_tile(image, 1, 2, 3, 3)
+    assert np.shares_memory(inside, image)
+    outside = extract_tile(image, 0, 0, 8, 8)
+    np.testing.assert_array_equal(outside, np.pad(image, ((0, 3), (0, 1)), mode="reflect"))
+
+
+def test_overlap_fraction_and_pixels():
+    assert overlap_pixels(0.25, 512) == 128
+    assert overlap_pixels(64, 512) == 64
+    with pytest.raises(ConfigError, match="smaller than the tile"):
+        overlap_pixels(512, 512)
+    with pytest.raises(ConfigError, match=">= 0"):
+        overlap_pixels(-0.1, 512)
+
+
+def test_tiles_shrink_to_small_images_and_odd_sizes_pad_to_stride():
+    g = make_grid(1, 1, 512, 0.25, 32)
+    assert (g.padded_height, g.padded_width, g.tile_h, g.tile_w, len(g)) == (32, 32, 32, 32, 1)
+    g = make_grid(7, 1000, 256, 0.25, 8)
+    assert g.tile_h == 8 and g.tile_w == 256 and len(g.ys) == 1 and g.xs[-1] + 256 == 1000
+    g = make_grid(513, 513, 500, 0.25, 32)
+    assert g.tile_h == 480 and g.padded_height == 544
