@@ -1,0 +1,209 @@
+"""Prediction outputs (index / color / overlay / probs) and the run manifest, all written atomically.
+
+Every file of one image goes to a temporary name first and is renamed only when all of them are
+complete, so a failing or killed run never leaves a half-written or partial set of outputs. Write
+failures (disk full, read-only folder) become one ``DataError``: ``cannot write <path>: <reason>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.errors import DataError
+from segkit.inference.backend import ModelInfo
+from segkit.inference.predictor import label_dtype, to_unit_float
+from segkit.utils import atomic_path
+
+OUTPUT_KINDS = ("index", "color", "overlay", "probs")
+PROBS_DTYPES = ("float16", "uint8")
+PNG_MAX_SIDE = 65535
+"""Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
+MANIFEST = "manifest.jsonl"
+_ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
+_SUFFIX = {"index": "", "color": "_color", "overlay": "_overlay", "probs": "_probs"}
+
+
+def output_path(base: Path, kind: str, num_classes: int, height: int | None = None, width: int | None = None) -> Path:
+    """Where output ``kind`` of the image with output stem ``base`` goes (``base`` has no suffix).
+
+    index: ``<stem>.png`` (``.tif`` for > 256 classes); color/overlay: ``<stem>_color.png`` ...;
+    probs: ``<stem>_probs.npy``. Images with a side > ``PNG_MAX_SIDE`` get ``.tif`` instead of ``.png``.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise DataError(f"unknown output '{kind}' (allowed: {', '.join(OUTPUT_KINDS)})")
+    name = base.name + _SUFFIX[kind]
+    if kind == "probs":
+        return base.with_name(name + ".npy")
+    big = height is not None and width is not None and max(height, width) > PNG_MAX_SIDE
+    tiff = big or (kind == "index" and num_classes > 256)
+    return base.with_name(name + (".tif" if tiff else ".png"))
+
+
+def outputs_exist(base: Path, save: Sequence[str], num_classes: int) -> bool:
+    """True when every requested output of ``base`` exists (as PNG or TIFF, whatever the size was)."""
+    for kind in save:
+        candidates = {output_path(base, kind, num_classes), output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1)}
+        if not any(p.is_file() for p in candidates):
+            return False
+    return True
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 view of any image for overlays: gray repeated, alpha/extra bands dropped."""
+    x = to_unit_float(image[..., None] if image.ndim == 2 else image)
+    x = np.repeat(x[..., :1], 3, axis=2) if x.shape[2] < 3 else x[..., :3]
+    return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _cannot_write(path: Path, e: OSError) -> DataError:
+    return DataError(f"cannot write {path}: {e.strerror or e}")
+
+
+class OutputWriter:
+    """The outputs of one image: fed band by band, committed all at once.
+
+    Use as a context manager: ``add_band`` for every band, then ``commit(image)``; leaving the block
+    without ``commit`` (an error) removes every temporary file.
+    """
+
+    def __init__(self, base: Path, save: Iterable[str], info: ModelInfo, height: int, width: int, probs_dtype: str = "float16") -> None:
+        self.save = tuple(dict.fromkeys(save))
+        for kind in self.save:
+            output_path(base, kind, info.num_classes)  # validates the kind
+        if probs_dtype not in PROBS_DTYPES:
+            raise DataError(f"unknown probs dtype '{probs_dtype}' (allowed: {', '.join(PROBS_DTYPES)})")
+        self.info, self.height, self.width, self.probs_dtype = info, height, width, probs_dtype
+        self.paths = {kind: output_path(base, kind, info.num_classes, height, width) for kind in self.save}
+        self.labels = np.zeros((height, width), dtype=label_dtype(info.num_classes))
+        self._stack = contextlib.ExitStack()
+        self._tmp: dict[str, Path] = {}
+        self._probs: np.ndarray | None = None
+        self._current: Path | None = None
+
+    def __enter__(self) -> OutputWriter:
+        try:
+            for kind, path in self.paths.items():
+                self._current = path
+                self._tmp[kind] = self._stack.enter_context(atomic_path(path))
+            if "probs" in self.paths:
+                self._current = self.paths["probs"]
+                self._probs = np.lib.format.open_memmap(
+                    self._tmp["probs"], mode="w+", dtype=np.dtype(self.probs_dtype),
+                    shape=(self.info.num_classes, self.height, self.width),
+                )
+        except OSError as e:
+            self._stack.__exit__(type(e), e, e.__traceback__)
+            raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Remove every temporary file; nothing of this image is left behind."""
+        self._probs = None
+        err = DataError("aborted")
+        self._stack.__exit__(DataError, err, None)
+
+    def add_band(self, row: int, probs: np.ndarray) -> None:
+        """Take the ``(K, rows, W)`` probabilities of rows ``row ..``: labels now, probs to disk."""
+        n = probs.shape[1]
+        self.labels[row : row + n] = probs.argmax(0)
+        if self._probs is not None:
+            values = np.rint(probs * 255) if self.probs_dtype == "uint8" else probs
+            try:
+                self._probs[:, row : row + n] = values
+            except OSError as e:
+                raise _cannot_write(self.paths["probs"], e) from None
+
+    def commit(self, image: np.ndarray | None = None) -> dict[str, Path]:
+        """Write index/color/overlay and move every file into place. ``image`` is needed for overlay."""
+        colors = np.asarray(self.info.colors, dtype=np.uint8)
+        try:
+            if self._probs is not None:
+                self._current = self.paths["probs"]
+                self._probs.flush()
+                self._probs = None
+            if "index" in self.paths:
+                self._current = self.paths["index"]
+                _write_labels(self._tmp["index"], self.labels, colors)
+            if "color" in self.paths:
+                self._current = self.paths["color"]
+                _write_rgb(self._tmp["color"], self._rows(lambda sl: colors[self.labels[sl]]))
+            if "overlay" in self.paths:
+                if image is None:
+                    raise DataError(f"{self.paths['overlay']}: the overlay output needs the input image")
+                self._current = self.paths["overlay"]
+                _write_rgb(self._tmp["overlay"], self._rows(
+                    lambda sl: ((display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]]) // 2).astype(np.uint8)
+                ))
+            self._current = next(iter(self.paths.values()), None)
+            self._stack.close()  # fsync + rename every temporary file
+        except OSError as e:
+            self._stack.__exit__(type(e), e, e.__traceback__)
+            raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
+        except BaseException as e:
+            self._stack.__exit__(type(e), e, e.__traceback__)
+            raise
+        return dict(self.paths)
+
+    def _rows(self, fn: Any) -> np.ndarray:
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        for r in range(0, self.height, _ROWS):
+            sl = slice(r, r + _ROWS)
+            out[sl] = fn(sl)
+        return out
+
+
+def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:
+    """Index mask: palette PNG (class indices as pixel values, colours in any viewer) or TIFF."""
+    if tmp.suffix == ".tif":
+        import tifffile
+
+        tifffile.imwrite(tmp, labels, compression="zlib", bigtiff=labels.nbytes > 2**31)
+        return
+    from PIL import Image
+
+    im = Image.fromarray(labels)
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(colors)] = colors[:256]
+    im.putpalette(table.tobytes())
+    im.save(tmp, format="PNG")
+
+
+def _write_rgb(tmp: Path, rgb: np.ndarray) -> None:
+    if tmp.suffix == ".tif":
+        import tifffile
+
+        tifffile.imwrite(tmp, rgb, photometric="rgb", compression="zlib", bigtiff=rgb.nbytes > 2**31)
+        return
+    from PIL import Image
+
+    Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+
+
+def write_manifest(folder: Path, records: Iterable[dict[str, Any]]) -> Path:
+    """``manifest.jsonl``: one JSON line per image (input, outputs, size, tiles, seconds, status, error)."""
+    path = Path(folder) / MANIFEST
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    return path
+
+
+def read_manifest(folder: Path) -> list[dict[str, Any]]:
+    """The records of ``folder``'s manifest (empty when there is none)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,135 @@
+"""``predict_source`` / ``segkit predict``: folders, globs, failures, resume, sharding, ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from segkit.cli import main
+from segkit.errors import DataError
+from segkit.inference.predictor import Predictor
+from segkit.inference.run import predict_source
+from segkit.inference.sources import find_inputs, open_image
+from segkit.inference.writers import MANIFEST, read_manifest
+
+from .conftest import shapes_image
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Three good images of different kinds (RGB PNG, gray PNG in a subfolder, TIFF) and a corrupt one."""
+    src = tmp_path / "images"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(shapes_image(70, 90, seed=1)).save(src / "a.png")
+    Image.fromarray(shapes_image(40, 33, seed=2)[..., 0]).save(src / "sub" / "b.png")
+    tifffile.imwrite(src / "c.tif", (shapes_image(50, 64, seed=3).astype(np.uint16) * 257))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    return src
+
+
+def test_folder_with_a_corrupt_file(bundle_path, folder, tmp_path):
+    out = tmp_path / "out"
+    summary = predict_source(bundle_path, folder, out, save=["index", "color"], progress=False)
+    assert summary.ok == 3 and len(summary.failures) == 1
+    assert summary.failures[0].startswith(str(folder / "broken.png") + ": ")
+    assert str(out) in summary.describe() and "1 failed" in summary.describe()
+    for rel in ["a.png", "a_color.png", "sub/b.png", "sub/b_color.png", "c.png", "c_color.png"]:
+        assert (out / rel).is_file(), rel
+    assert not (out / "broken.png").exists()
+    assert Image.open(out / "sub" / "b.png").size == (33, 40)  # the input's size, layout kept
+    records = {r["input"]: r for r in read_manifest(out)}
+    assert len(records) == 4
+    bad = records[str(folder / "broken.png")]
+    assert bad["status"] == "failed" and bad["error"] and bad["outputs"] == {}
+    good = records[str(folder / "a.png")]
+    assert good["status"] == "ok" and good["height"] == 70 and good["width"] == 90 and good["tiles"] >= 1
+    assert set(good["outputs"]) == {"index", "color"} and good["seconds"] >= 0
+    # the saved mask is what the Python API predicts
+    expected = Predictor.from_path(bundle_path, device="cpu").predict(np.array(Image.open(folder / "a.png")))
+    np.testing.assert_array_equal(np.array(Image.open(out / "a.png")), expected)
+
+
+def test_skip_existing_finishes_a_partial_run(bundle_path, folder, tmp_path):
+    out = tmp_path / "out"
+    predict_source(bundle_path, folder, out, save=["index", "probs"], progress=False)
+    (out / "sub" / "b_probs.npy").unlink()  # as if killed before b was written
+    before = {p: p.stat().st_mtime_ns for p in [out / "a.png", out / "c_probs.npy"]}
+    summary = predict_source(bundle_path, folder, out, save=["index", "probs"], skip_existing=True, progress=False)
+    assert (summary.ok, summary.skipped, len(summary.failures)) == (1, 2, 1)
+    assert (out / "sub" / "b_probs.npy").is_file()
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # not redone
+    status = {r["input"]: r["status"] for r in read_manifest(out)}
+    assert status[str(folder / "sub" / "b.png")] == "ok" and status[str(folder / "a.png")] == "skipped"
+
+
+def test_two_cpu_processes_write_every_output_once(bundle_path, folder, tmp_path):
+    (folder / "broken.png").unlink()
+    for i in range(3):
+        Image.fromarray(shapes_image(30, 40, seed=10 + i)).save(folder / f"d{i}.png")
+    out = tmp_path / "out"
+    summary = predict_source(bundle_path, folder, out, devices=2, device="cpu", save=["index"], progress=False)
+    assert summary.ok == 6 and not summary.failures
+    records = read_manifest(out)
+    inputs = [r["input"] for r in records]
+    assert len(inputs) == len(set(inputs)) == 6  # each image exactly once, merged from both ranks
+    assert inputs == [str(p.path) for p in find_inputs(folder)]  # in input order
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == sorted(["a.png", "c.png", "sub/b.png", "d0.png", "d1.png", "d2.png"])
+    assert not [p for p in out.rglob(".*")]  # no temporaries left
+
+
+def test_glob_and_single_file_sources(bundle_path, folder, tmp_path):
+    summary = predict_source(bundle_path, str(folder / "**" / "*.png"), tmp_path / "g", progress=False)
+    assert summary.ok == 2 and len(summary.failures) == 1  # a.png, sub/b.png; broken.png fails
+    assert (tmp_path / "g" / "sub" / "b.png").is_file()
+    summary = predict_source(bundle_path, folder / "a.png", tmp_path / "one", save=["overlay"], progress=False)
+    assert summary.ok == 1 and (tmp_path / "one" / "a_overlay.png").is_file()
+
+
+def test_no_images_and_overwriting_the_input(bundle_path, folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        predict_source(bundle_path, tmp_path / "empty", tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match="no such image file, folder or glob"):
+        predict_source(bundle_path, tmp_path / "missing", tmp_path / "out", progress=False)
+    summary = predict_source(bundle_path, folder / "a.png", folder, progress=False)
+    assert "would overwrite the input" in summary.failures[0]
+
+
+def test_uncompressed_tiff_is_memory_mapped_not_copied(bundle_path, tmp_path):
+    image = shapes_image(120, 100, seed=5)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    mapped = open_image(tmp_path / "big.tif", 3)
+    assert isinstance(mapped, np.memmap)
+    p = Predictor.from_path(bundle_path, device="cpu")
+    np.testing.assert_array_equal(p.predict(mapped), p.predict(image))
+
+
+def test_cli_predict_exit_codes(bundle_path, folder, tmp_path, capsys):
+    code = main(["predict", str(bundle_path), str(folder), "--output", str(tmp_path / "out"), "--tile", "64", "--tta", "flip", "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.png" in captured.err and "3 images predicted" in captured.out
+    (folder / "broken.png").unlink()
+    code = main(["predict", str(bundle_path), str(folder), "-o", str(tmp_path / "out2"), "--save", "probs", "--probs-dtype", "uint8"])
+    assert code == 0
+    assert np.load(tmp_path / "out2" / "a_probs.npy").dtype == np.uint8
+    lines = (tmp_path / "out2" / MANIFEST).read_text().splitlines()
+    assert all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_onnx_model_gives_the_same_masks(bundle_path, folder, tmp_path):
+    from segkit.export.onnx import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(bundle_path, onnx_path)
+    image = shapes_image(70, 90, seed=1)
+    torch_p, onnx_p = Predictor.from_path(bundle_path, device="cpu"), Predictor.from_path(onnx_path, device="cpu")
+    assert onnx_p.info.classes == torch_p.info.classes and onnx_p.info.stride == torch_p.info.stride
+    np.testing.assert_allclose(onnx_p.predict_proba(image), torch_p.predict_proba(image), atol=1e-4)
+    summary = predict_source(onnx_path, folder / "a.png", tmp_path / "out", progress=False)
+    assert summary.ok == 1

@@ -1,0 +1,123 @@
+"""Output files: palette PNGs, colours, overlays, streamed probabilities, atomic failure."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segkit.data.palette import default_colors
+from segkit.errors import DataError
+from segkit.inference.backend import ModelInfo
+from segkit.inference.writers import (
+    PNG_MAX_SIDE,
+    OutputWriter,
+    output_path,
+    outputs_exist,
+    read_manifest,
+    write_manifest,
+)
+
+
+def info(k: int) -> ModelInfo:
+    return ModelInfo(classes=[f"c{i}" for i in range(k)], colors=default_colors(k), in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+
+
+def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    p = np.random.default_rng(seed).random((k, h, w), dtype=np.float32) + 1e-3
+    return p / p.sum(0)
+
+
+def write_all(tmp_path, k=4, h=37, w=29, save=("index", "color", "overlay", "probs"), probs_dtype="float16", bands=(10, 20, 37)):
+    probs = random_probs(k, h, w)
+    image = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    with OutputWriter(tmp_path / "sub" / "img", save, info(k), h, w, probs_dtype) as writer:
+        start = 0
+        for end in bands:
+            writer.add_band(start, probs[:, start:end])
+            start = end
+        paths = writer.commit(image)
+    return probs, image, paths
+
+
+def test_every_output_is_right(tmp_path):
+    probs, image, paths = write_all(tmp_path)
+    labels = probs.argmax(0)
+    colors = default_colors(4)
+    assert {k: p.name for k, p in paths.items()} == {"index": "img.png", "color": "img_color.png", "overlay": "img_overlay.png", "probs": "img_probs.npy"}
+    with Image.open(paths["index"]) as im:
+        assert im.mode == "P"  # palette embedded: the mask shows in colour, pixel values are classes
+        np.testing.assert_array_equal(np.array(im), labels)
+        np.testing.assert_array_equal(np.array(im.getpalette()[:12]).reshape(4, 3), colors)
+    np.testing.assert_array_equal(np.array(Image.open(paths["color"])), colors[labels])
+    expected_overlay = (image.astype(np.uint16) + colors[labels]) // 2
+    np.testing.assert_array_equal(np.array(Image.open(paths["overlay"])), expected_overlay)
+    stored = np.load(paths["probs"])
+    assert stored.dtype == np.float16 and stored.shape == (4, 37, 29)
+    np.testing.assert_allclose(stored.sum(0), 1.0, atol=5e-3)
+    np.testing.assert_allclose(stored, probs, atol=1e-3)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(p.name for p in paths.values())  # no temporaries
+
+
+def test_quantised_probs(tmp_path):
+    probs, _, paths = write_all(tmp_path, save=("probs",), probs_dtype="uint8")
+    stored = np.load(paths["probs"])
+    assert stored.dtype == np.uint8
+    np.testing.assert_allclose(stored / 255.0, probs, atol=0.5 / 255 + 1e-6)
+    assert np.abs(stored.sum(0).astype(int) - 255).max() <= 4
+
+
+def test_many_classes_give_a_tiff_of_int32_labels(tmp_path):
+    import tifffile
+
+    probs, _, paths = write_all(tmp_path, k=300, h=9, w=11, save=("index",), bands=(9,))
+    assert paths["index"].suffix == ".tif"
+    labels = tifffile.imread(paths["index"])
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+
+
+def test_output_names_and_existence(tmp_path):
+    base = tmp_path / "a"
+    assert output_path(base, "index", 2).name == "a.png"
+    assert output_path(base, "index", 2, PNG_MAX_SIDE + 1, 10).name == "a.tif"
+    assert output_path(base, "color", 2, PNG_MAX_SIDE + 1, 10).name == "a_color.tif"
+    assert not outputs_exist(base, ["index", "probs"], 2)
+    (tmp_path / "a.tif").write_bytes(b"x")  # a big image's index went to TIFF: still counts
+    (tmp_path / "a_probs.npy").write_bytes(b"x")
+    assert outputs_exist(base, ["index", "probs"], 2)
+    with pytest.raises(DataError, match="unknown output 'mask'"):
+        output_path(base, "mask", 2)
+
+
+def test_error_mid_image_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), OutputWriter(tmp_path / "img", ["index", "probs"], info(3), 20, 20) as writer:
+        writer.add_band(0, random_probs(3, 10, 20))
+        raise RuntimeError("model crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(DataError, match=r"cannot write .*img_color\.png: No space left on device"):
+        write_all(tmp_path, save=("probs", "color"))
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_unwritable_folder_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=r"cannot write .*file/x\.png: "):
+        OutputWriter(blocker / "x", ["index"], info(2), 4, 4).__enter__()
+
+
+def test_manifest_round_trip(tmp_path):
+    records = [{"input": "a.png", "status": "ok", "error": None}, {"input": "b.png", "status": "failed", "error": "corrupt"}]
+    write_manifest(tmp_path, records)
+    assert read_manifest(tmp_path) == records
+    assert read_manifest(tmp_path / "none") == []
