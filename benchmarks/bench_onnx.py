@@ -1,0 +1,144 @@
+"""CPU inference benchmark: onnxruntime (segkit's verified export) vs torch eager, same model.
+
+The model is built and exported through segkit itself (``build_model`` -> ``save_bundle`` ->
+``export_onnx``, which verifies the graph against torch), then both runtimes run the same
+network on the same 512x512 tiles at batch 1 and 4, with the same thread count (torch
+``set_num_threads`` = onnxruntime ``intra_op_num_threads``, one inter-op thread each). Each
+configuration is warmed up, then timed over ``--repeats`` alternating runs; medians are reported.
+
+    python benchmarks/bench_onnx.py --repeats 5
+    python benchmarks/bench_onnx.py --opt-level basic --threads 1 --batch-sizes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--arch", default="Unet", help="smp architecture (default Unet)")
+    p.add_argument(
+        "--encoder", default="resnet34", help="smp encoder (default resnet34; weights are random)"
+    )
+    p.add_argument("--classes", type=int, default=2, help="output classes (default 2)")
+    p.add_argument("--size", type=int, default=512, help="tile size in pixels (default 512)")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 4], help="batch sizes (default 1 4)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed runs per configuration (median reported)"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for both runtimes (default: torch's default)",
+    )
+    p.add_argument(
+        "--opt-level",
+        default="all",
+        choices=OPT_LEVELS,
+        help="onnxruntime graph optimisation level",
+    )
+    return p.parse_args()
+
+
+def _time_pair(
+    first: Callable[[], object], second: Callable[[], object], warmup: int, repeats: int
+) -> tuple[float, float]:
+    """Median seconds of each; runs alternate, so a load change on the machine hits both alike."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for run, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def main() -> None:
+    args = _parse()
+    import onnxruntime as ort
+
+    from segkit.bundle import save_bundle
+    from segkit.config import load_config
+    from segkit.export import export_onnx
+    from segkit.models.build import build_model
+
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    classes = [f"class{i}" for i in range(args.classes)]
+    config = load_config(
+        {
+            "model": {"arch": args.arch, "encoder": args.encoder, "encoder_weights": None},
+            "data": {"classes": classes, "patch_size": args.size},
+        }
+    )
+    model = build_model(config.model, len(classes), 3).eval()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = save_bundle(Path(tmp) / "model.ckpt", config, model)
+        start = time.perf_counter()
+        diff = export_onnx(bundle, Path(tmp) / "model.onnx")
+        export_s = time.perf_counter() - start
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[args.opt_level]
+        session = ort.InferenceSession(
+            str(Path(tmp) / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+
+    print(
+        f"{args.arch}-{args.encoder}, {args.size}x{args.size} tiles, {threads} threads (torch {torch.get_num_threads()}, "
+        f"onnxruntime intra-op {threads}), ORT opt level {args.opt_level}, median of {args.repeats} after {args.warmup} warm-up"
+    )
+    print(f"export + verification: {export_s:.1f} s, max abs difference {diff:.2e}\n")
+    header = (
+        f"{'batch':>5}  {'torch img/s':>11}  {'onnxruntime img/s':>17}  {'ratio ort/torch':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    generator = torch.Generator().manual_seed(0)
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, 3, args.size, args.size, generator=generator)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+
+        def run_torch(x: torch.Tensor = x) -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        def run_ort(feed: dict[str, np.ndarray] = feed) -> object:
+            return session.run(None, feed)
+
+        t_torch, t_ort = _time_pair(run_torch, run_ort, args.warmup, args.repeats)
+        print(
+            f"{batch:>5}  {batch / t_torch:>11.2f}  {batch / t_ort:>17.2f}  {t_torch / t_ort:>14.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
