@@ -166,40 +166,53 @@ class Predictor:
         return make_grid(height, width, s.tile, s.overlap, self.info.stride)
 
     def _prepare(self, tile: np.ndarray) -> np.ndarray:
-        x = to_unit_float(adapt_channels(tile, self.info.in_channels)).astype(np.float32, copy=False)
-        mean = np.asarray(self.info.mean, dtype=np.float32)
-        std = np.asarray(self.info.std, dtype=np.float32)
-        return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+        """A raw tile as ``(C, h, w)``: uint8 stays uint8 (4x less to copy to a GPU), else float [0, 1]."""
+        x = adapt_channels(tile, self.info.in_channels)
+        if x.dtype != np.uint8:
+            x = to_unit_float(x).astype(np.float32, copy=False)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
-    def _runner(self, tta: str) -> Callable[[np.ndarray], np.ndarray]:
+    def _runner(self, tta: str) -> Callable[[np.ndarray], torch.Tensor]:
+        """Batch of raw tiles -> mean over TTA passes of the probabilities, on the backend's device."""
         transforms = _tta_transforms(tta)
+        device = torch.device(getattr(self.backend, "device", "cpu"))
+        mean = torch.tensor(self.info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
-        def run(batch: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(batch)
+        def run(batch: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(batch).to(device, non_blocking=True)
+            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+            x = (x - mean) / std
             acc = None
             for fwd, inv in transforms:
-                p = inv(self.backend(fwd(x).contiguous()))
-                acc = p if acc is None else acc + p
-            return (acc / len(transforms)).float().cpu().numpy()  # type: ignore[union-attr]
+                p = inv(self.backend(fwd(x).contiguous())).float()
+                acc = p if acc is None else acc.add_(p)
+            return acc / len(transforms)  # type: ignore[operator]
 
         return run
 
-    def iter_bands(
-        self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None,
-        tta: str | None = None, *, on_tiles: Callable[[int], None] | None = None,
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
-
-        ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
-        read tile by tile, so a memory-mapped image is never loaded whole.
-        """
-        image = _check_image(image)
-        s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
+    def _bands(self, image: np.ndarray, s: Settings, on_tiles: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
         yield from iter_stitched(
             image, grid, self._runner(s.tta), self.info.num_classes,
             blend=s.blend, batch_size=s.batch_size, prepare=self._prepare, on_tiles=on_tiles,
         )
+
+    def iter_bands(
+        self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None,
+        tta: str | None = None, *, on_tiles: Callable[[int], None] | None = None, as_tensor: bool = False,
+    ) -> Iterator[tuple[int, np.ndarray]] | Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
+
+        ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
+        read tile by tile, so a memory-mapped image is never loaded whole. ``as_tensor`` yields torch
+        tensors on the backend's device instead (arg-max there, copy less). ``on_tiles(n)`` is called
+        after every batch of ``n`` tiles (progress bars).
+        """
+        image = _check_image(image)
+        s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
+        for row, band in self._bands(image, s, on_tiles):
+            yield row, (band if as_tensor else band.cpu().numpy())
 
     def predict_proba(self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None) -> np.ndarray:
         """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
@@ -213,8 +226,9 @@ class Predictor:
         """``(H, W)`` class indices: uint8 when the model has <= 256 classes, else int32."""
         image = _check_image(image)
         out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))
-        for row, band in self.iter_bands(image, tile, overlap, blend, tta):
-            out[row : row + band.shape[1]] = band.argmax(0)
+        s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
+        for row, band in self._bands(image, s):  # arg-max where the probabilities are (GPU or CPU)
+            out[row : row + band.shape[1]] = band.argmax(0).cpu().numpy()
         return out
 
 

@@ -191,7 +191,7 @@ def run_items(
                 bar.plan_tiles(n_tiles)
                 writer = OutputWriter(base, save, info, h, w, probs_dtype).__enter__()
                 try:
-                    for row, band in predictor.iter_bands(image, on_tiles=lambda n: bar.tiles(n * passes)):
+                    for row, band in predictor.iter_bands(image, on_tiles=lambda n: bar.tiles(n * passes), as_tensor=True):
                         writer.add_band(row, band)
                 except BaseException:
                     writer.abort()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from segkit.errors import ConfigError
 
@@ -134,34 +135,36 @@ class BandStitcher:
     """Accumulates weighted tile probabilities and releases finished bands of rows.
 
     Only the rows between the first unfinished row and the lowest tile added so far are held:
-    ``K x (tile height + band) x padded width`` floats.
+    ``K x (tile height + band) x padded width`` floats, as torch tensors on the device the
+    probabilities come from (so on a GPU, blending never leaves it).
     """
 
-    def __init__(self, grid: TileGrid, num_classes: int, window: np.ndarray) -> None:
+    def __init__(self, grid: TileGrid, num_classes: int, window: torch.Tensor) -> None:
         self.grid = grid
         self.num_classes = num_classes
         self.window = window
         self.top = 0  # absolute row of buffer row 0
-        self._acc = np.zeros((num_classes, grid.tile_h, grid.padded_width), dtype=np.float32)
-        self._wsum = np.zeros((grid.tile_h, grid.padded_width), dtype=np.float32)
+        opts = {"dtype": torch.float32, "device": window.device}
+        self._acc = torch.zeros((num_classes, grid.tile_h, grid.padded_width), **opts)
+        self._wsum = torch.zeros((grid.tile_h, grid.padded_width), **opts)
 
     def _ensure(self, rows: int) -> None:
-        if rows > self._wsum.shape[0]:
-            grow = rows - self._wsum.shape[0]
-            self._acc = np.concatenate([self._acc, np.zeros((self.num_classes, grow, self._acc.shape[2]), np.float32)], axis=1)
-            self._wsum = np.concatenate([self._wsum, np.zeros((grow, self._wsum.shape[1]), np.float32)], axis=0)
+        grow = rows - self._wsum.shape[0]
+        if grow > 0:
+            self._acc = torch.cat([self._acc, self._acc.new_zeros((self.num_classes, grow, self._acc.shape[2]))], dim=1)
+            self._wsum = torch.cat([self._wsum, self._wsum.new_zeros((grow, self._wsum.shape[1]))], dim=0)
 
-    def add(self, y: int, x: int, probs: np.ndarray) -> None:
+    def add(self, y: int, x: int, probs: torch.Tensor) -> None:
         """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)`` (``y >= self.top``)."""
         if y < self.top:
             raise ValueError(f"tile at row {y} arrives after rows up to {self.top} were released")
         g = self.grid
         r = y - self.top
         self._ensure(r + g.tile_h)
-        self._acc[:, r : r + g.tile_h, x : x + g.tile_w] += probs * self.window
+        self._acc[:, r : r + g.tile_h, x : x + g.tile_w].addcmul_(probs, self.window)
         self._wsum[r : r + g.tile_h, x : x + g.tile_w] += self.window
 
-    def release(self, upto: int) -> tuple[int, np.ndarray] | None:
+    def release(self, upto: int) -> tuple[int, torch.Tensor] | None:
         """Normalise and hand back rows ``[top, upto)`` cropped to the image: ``(row, (K, n, W))``."""
         g = self.grid
         upto = min(upto, g.padded_height)
@@ -169,13 +172,11 @@ class BandStitcher:
         if n <= 0:
             return None
         keep = min(upto, g.height) - self.top
-        band = None
-        if keep > 0:
-            band = self._acc[:, :keep, : g.width] / self._wsum[:keep, : g.width]
+        band = self._acc[:, :keep, : g.width] / self._wsum[:keep, : g.width] if keep > 0 else None
         rest = self._wsum.shape[0] - n
-        self._acc[:, :rest] = self._acc[:, n:]
+        self._acc[:, :rest] = self._acc[:, n:].clone()
         self._acc[:, rest:] = 0
-        self._wsum[:rest] = self._wsum[n:]
+        self._wsum[:rest] = self._wsum[n:].clone()
         self._wsum[rest:] = 0
         start, self.top = self.top, upto
         return (start, band) if band is not None else None
@@ -184,31 +185,35 @@ class BandStitcher:
 def iter_stitched(
     image: np.ndarray,
     grid: TileGrid,
-    run: Callable[[np.ndarray], np.ndarray],
+    run: Callable[[np.ndarray], torch.Tensor | np.ndarray],
     num_classes: int,
     *,
     blend: str = "gaussian",
     batch_size: int = 8,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     on_tiles: Callable[[int], None] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Run ``run`` over the tiles of ``image`` and yield finished ``(row_start, (K, rows, W))`` bands.
 
-    ``image`` is ``H x W [x C]`` in any dtype; ``prepare`` turns one raw tile into ``(C, h, w)``
-    float32 model input (default: channels-first float32). ``run`` maps ``(N, C, h, w)`` to
-    ``(N, K, h, w)`` float32 probabilities. Bands cover rows ``0..H-1`` in order, exactly once.
+    ``image`` is ``H x W [x C]`` in any dtype; ``prepare`` turns one raw tile into the ``(C, h, w)``
+    array that is stacked into ``run``'s batch (default: channels-first float32). ``run`` maps
+    ``(N, C, h, w)`` to ``(N, K, h, w)`` float32 probabilities (a tensor on any device, or numpy).
+    Bands are float32 tensors on that device and cover rows ``0..H-1`` in order, exactly once.
     """
     if image.shape[0] != grid.height or image.shape[1] != grid.width:
         raise ValueError(f"image {image.shape[:2]} does not match the grid {grid.height}x{grid.width}")
     prepare = prepare or _default_prepare
-    stitcher = BandStitcher(grid, num_classes, blend_window(grid.tile_h, grid.tile_w, blend))
+    window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend))
+    stitcher: BandStitcher | None = None
     tiles = list(grid.tiles())
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i : i + batch_size]
         batch = np.stack([prepare(extract_tile(image, y, x, grid.tile_h, grid.tile_w)) for y, x in chunk])
-        probs = run(batch)
+        probs = torch.as_tensor(run(batch))
+        if stitcher is None:
+            stitcher = BandStitcher(grid, num_classes, window.to(probs.device))
         for (y, x), p in zip(chunk, probs, strict=True):
-            stitcher.add(y, x, p)
+            stitcher.add(y, x, p.float())
         if on_tiles is not None:
             on_tiles(len(chunk))
         upto = tiles[i + batch_size][0] if i + batch_size < len(tiles) else grid.padded_height

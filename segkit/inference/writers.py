@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
@@ -112,11 +113,17 @@ class OutputWriter:
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
-    def add_band(self, row: int, probs: np.ndarray) -> None:
-        """Take the ``(K, rows, W)`` probabilities of rows ``row ..``: labels now, probs to disk."""
+    def add_band(self, row: int, probs: np.ndarray | torch.Tensor) -> None:
+        """Take the ``(K, rows, W)`` probabilities of rows ``row ..``: labels now, probs to disk.
+
+        ``probs`` may be a torch tensor on any device: the arg-max then runs there.
+        """
         n = probs.shape[1]
-        self.labels[row : row + n] = probs.argmax(0)
+        labels = probs.argmax(0)
+        self.labels[row : row + n] = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
         if self._probs is not None:
+            if isinstance(probs, torch.Tensor):
+                probs = probs.cpu().numpy()
             values = np.rint(probs * 255) if self.probs_dtype == "uint8" else probs
             try:
                 self._probs[:, row : row + n] = values

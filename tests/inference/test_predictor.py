@@ -24,8 +24,7 @@ def whole_image_probs(p: Predictor, image: np.ndarray) -> np.ndarray:
     s = p.info.stride
     padded = np.pad(image, ((0, -h % s), (0, -w % s), (0, 0)), mode="reflect")
     x = p._prepare(padded)[None]
-    with torch.inference_mode():
-        probs = p.backend(torch.from_numpy(x))[0].numpy()
+    probs = p._runner("none")(x)[0].cpu().numpy()
     return probs[:, :h, :w]
 
 

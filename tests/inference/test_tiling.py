@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,7 @@ def test_identity_model_stitches_back_to_its_input(h, w, tile, overlap, stride, 
     for row, band in iter_stitched(image, grid, lambda x: x, channels, blend=kind, batch_size=batch):
         assert band.shape[0] == channels and band.shape[2] == w
         rows_seen.extend(range(row, row + band.shape[1]))
-        out[:, row : row + band.shape[1]] = band
+        out[:, row : row + band.shape[1]] = band.numpy()
     assert rows_seen == list(range(h))  # every row exactly once, in order
     np.testing.assert_allclose(out, image.transpose(2, 0, 1), atol=1e-5)
 
@@ -95,10 +96,10 @@ def test_bands_are_released_before_the_whole_image_is_processed():
 
 def test_stitcher_buffer_stays_a_tile_high_for_wide_images():
     grid = make_grid(1000, 3000, 128, 0.25, 8)
-    st_ = BandStitcher(grid, 2, blend_window(grid.tile_h, grid.tile_w))
+    st_ = BandStitcher(grid, 2, torch.from_numpy(blend_window(grid.tile_h, grid.tile_w)))
     peak = 0
     for y, x in grid.tiles():
-        st_.add(y, x, np.ones((2, grid.tile_h, grid.tile_w), np.float32))
+        st_.add(y, x, torch.ones((2, grid.tile_h, grid.tile_w)))
         peak = max(peak, st_._wsum.shape[0])
         if x == grid.xs[-1]:
             nxt = [yy for yy in grid.ys if yy > y]
