@@ -285,3 +285,33 @@ def test_cli_export(trained_bundle, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "verification failed" in err and len(err.splitlines()) == 1
     assert not failed.exists()
+
+
+def test_dynamo_exporter_is_the_fallback(trained_bundle, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+    calls = []
+
+    def tracing_fails(*args, dynamo=True, **kwargs):
+        calls.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("tracer cannot handle this model\nsecond line")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", tracing_fails)
+    out = tmp_path / "dynamo.onnx"
+    assert export_onnx(trained_bundle, out) <= 1e-3  # verified at both shapes: still dynamic
+    assert calls == [False, True]
+    assert json.loads(read_onnx_metadata(out)["classes"]) == CLASSES
+
+
+def test_export_failure_names_both_exporters(trained_bundle, tmp_path, monkeypatch):
+    def always_fails(*args, dynamo=True, **kwargs):
+        raise RuntimeError(f"unsupported operator ({'dynamo' if dynamo else 'trace'})")
+
+    monkeypatch.setattr(torch.onnx, "export", always_fails)
+    with pytest.raises(
+        ModelError,
+        match=r"best\.ckpt: ONNX export failed \(opset 17\): TorchScript exporter: .*\(trace\); dynamo exporter: .*\(dynamo\)",
+    ):
+        export_onnx(trained_bundle, tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
