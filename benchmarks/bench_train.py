@@ -91,6 +91,70 @@ def score(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+class Meter:
+    """Training images, wall seconds and CPU seconds (this process and its DataLoader workers)
+    from the first batch request to the end of the last optimiser step, paused spans excluded.
+
+    Both sides use it, so both are measured alike; CPU seconds per image stay comparable when
+    other programs load the machine, which wall time does not.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.images = self.steps = self.first_images = 0
+        self.start = self.first = self.end = (0.0, 0.0)
+        self.paused = self.paused_in_span = (0.0, 0.0)
+        self._pause_start = (0.0, 0.0)
+
+    def now(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process and all its children)."""
+        cpu = 0.0
+        for proc in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except Exception:  # a worker that just exited  # noqa: BLE001
+                continue
+            cpu += t.user + t.system
+        return time.perf_counter(), cpu
+
+    def begin(self) -> None:
+        if self.start == (0.0, 0.0):
+            self.start = self.now()
+
+    def step(self, images: int) -> None:
+        self.end = self.now()
+        self.images += images
+        self.steps += 1
+        if self.steps == 1:
+            self.first, self.first_images = self.end, self.images
+        self.paused_in_span = self.paused  # a pause after the last step is not in the span
+
+    def pause(self) -> None:
+        self._pause_start = self.now()
+
+    def resume(self) -> None:
+        now = self.now()
+        self.paused = tuple(
+            p + n - s for p, n, s in zip(self.paused, now, self._pause_start, strict=True)
+        )
+
+    def result(self) -> dict[str, float]:
+        (wall0, cpu0), (wall1, cpu1), (wall, cpu) = self.start, self.first, self.end
+        pw, pc = self.paused_in_span
+        return {
+            "images": self.images,
+            "steps": self.steps,
+            "train_s": wall - wall0 - pw,
+            "cpu_s": cpu - cpu0 - pc,
+            "steady_images": self.images - self.first_images,
+            "steady_s": wall - wall1 - pw,
+            "steady_cpu_s": cpu - cpu1 - pc,
+            "paused_s": pw,
+        }
+
+
 # ---------------------------------------------------------------------------------------------
 # the plain PyTorch + smp loop
 # ---------------------------------------------------------------------------------------------
@@ -145,33 +209,20 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     ce = torch.nn.CrossEntropyLoss()
 
     model.train()
-    seen = steps = 0
-    start = time.perf_counter()
-    done = False
-    while not done:
+    meter = Meter()
+    meter.begin()
+    while meter.steps == 0 or meter.end[0] - meter.start[0] < args.budget_s:
         for x, y in loader:
             logits = model(x)
             loss = dice(logits, y) + ce(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            seen += len(x)
-            steps += 1
-            now = time.perf_counter()
-            if steps == 1:
-                first_end, first_images = now, seen
-            if now - start >= args.budget_s:
-                done = True
+            meter.step(len(x))
+            if meter.end[0] - meter.start[0] >= args.budget_s:
                 break
     eval_images, eval_labels = load_slices(args.data, EVAL_SLICES)
-    result = {
-        "images": seen,
-        "steps": steps,
-        "train_s": now - start,
-        "steady_images": seen - first_images,
-        "steady_s": now - first_end,
-        "final_loss": float(loss.detach()),
-    }
+    result = meter.result() | {"final_loss": float(loss.detach())}
     return result | score(predict_masks(model, eval_images), eval_labels)
 
 
@@ -232,36 +283,26 @@ def segkit_config(args: argparse.Namespace, workdir: Path) -> Any:
 
 
 def _throughput_callback() -> Any:
-    """A Lightning callback counting training images and seconds, validation excluded."""
+    """A Lightning callback feeding a :class:`Meter`; validation loops are paused out."""
     import lightning as L
 
     class Throughput(L.Callback):
         def __init__(self) -> None:
-            self.images = self.steps = self.first_images = 0
-            self.start = self.first_end = self.end = 0.0
-            self.val_total = self.val_in_span = 0.0
-            self._val_start = 0.0
+            self.meter = Meter()
 
         def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
-            if not self.start:
-                self.start = time.perf_counter()
+            self.meter.begin()
 
         def on_train_batch_end(
             self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            self.end = time.perf_counter()
-            self.images += len(batch["image"])
-            self.steps += 1
-            if self.steps == 1:
-                self.first_end, self.first_images = self.end, self.images
-            self.val_in_span = self.val_total  # validation between batches is not training time
+            self.meter.step(len(batch["image"]))
 
         def on_validation_start(self, trainer: Any, module: Any) -> None:
-            self._val_start = time.perf_counter()
+            self.meter.pause()
 
         def on_validation_end(self, trainer: Any, module: Any) -> None:
-            if not trainer.sanity_checking:
-                self.val_total += time.perf_counter() - self._val_start
+            self.meter.resume()
 
     return Throughput()
 
@@ -297,15 +338,7 @@ def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
         scores = score(
             predict_masks(model, eval_images, bundle.mean[0], bundle.std[0]), eval_labels
         )
-    return {
-        "images": meter.images,
-        "steps": meter.steps,
-        "train_s": meter.end - meter.start - meter.val_in_span,
-        "steady_images": meter.images - meter.first_images,
-        "steady_s": meter.end - meter.first_end - meter.val_in_span,
-        "val_in_span_s": meter.val_in_span,
-        "fit_s": fit_s,
-    } | scores
+    return meter.meter.result() | {"fit_s": fit_s} | scores
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +412,12 @@ def _run_side(side: str, argv: list[str]) -> dict[str, Any]:
             raise SystemExit(f"{tail}\nthe {side} side failed (exit code {proc.returncode})")
         result = json.loads(out.read_text()) | {"load_avg_before_1m": load}
         result["ips"] = result["images"] / result["train_s"]
-        steady = result["steady_s"] > 0
-        result["steady_ips"] = (
-            result["steady_images"] / result["steady_s"] if steady else float("nan")
+        result["cpu_per_image"] = result["cpu_s"] / result["images"]
+        steady = result["steady_images"] > 0
+        nan = float("nan")
+        result["steady_ips"] = result["steady_images"] / result["steady_s"] if steady else nan
+        result["steady_cpu_per_image"] = (
+            result["steady_cpu_s"] / result["steady_images"] if steady else nan
         )
         return result
 
@@ -389,6 +425,8 @@ def _run_side(side: str, argv: list[str]) -> dict[str, Any]:
 ROWS = [
     ("images/s", "ips", "{:.3f}"),
     ("images/s after step 1", "steady_ips", "{:.3f}"),
+    ("CPU s / image", "cpu_per_image", "{:.3f}"),
+    ("CPU s / image after step 1", "steady_cpu_per_image", "{:.3f}"),
     ("training images", "images", "{:.0f}"),
     ("optimizer steps", "steps", "{:.0f}"),
     ("training seconds", "train_s", "{:.1f}"),
@@ -420,6 +458,9 @@ def report(runs: dict[str, list[dict[str, Any]]], command: str) -> str:
             "",
             f"throughput ratio segkit/plain:   {s['ips'] / p['ips']:.3f} (target >= 0.95)",
             f"  after step 1 (warm-up out):    {s['steady_ips'] / p['steady_ips']:.3f}",
+            f"CPU efficiency plain/segkit:     {p['cpu_per_image'] / s['cpu_per_image']:.3f}"
+            f" (after step 1: {p['steady_cpu_per_image'] / s['steady_cpu_per_image']:.3f};"
+            " load-insensitive)",
             f"pixel error ratio segkit/plain:  {s['pixel_error'] / p['pixel_error']:.3f} (<= 1: as good or better)",
             f"membrane IoU ratio segkit/plain: {s['membrane_iou'] / p['membrane_iou']:.3f} (>= 1: as good or better)",
         ]
