@@ -195,6 +195,8 @@ def test_failed_verification_leaves_no_file(trained_bundle, tmp_path):
 def test_bad_arguments(trained_bundle, tmp_path):
     with pytest.raises(ConfigError, match="unknown head 'mask'.*logits, probs, labels"):
         export_onnx(trained_bundle, tmp_path / "x.onnx", head="mask")
+    with pytest.raises(ConfigError, match="would overwrite the checkpoint"):
+        export_onnx(trained_bundle, trained_bundle)
     with pytest.raises(ModelError, match="checkpoint not found"):
         export_onnx(tmp_path / "missing.ckpt", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
