@@ -270,7 +270,8 @@ def segkit_config(args: argparse.Namespace, workdir: Path) -> Any:
             "trainer": {
                 "max_epochs": 100_000,
                 "max_time": {"seconds": args.budget_s},
-                # Validate once, after the budget: the plain loop does not validate either.
+                # No validation inside the budget (the plain loop has none): last.ckpt is
+                # written when the time is up, and train() then evaluates it on val once.
                 "check_val_every_n_epoch": 100_000,
                 "num_sanity_val_steps": 0,
                 "accelerator": "cpu",
