@@ -96,7 +96,7 @@ def evaluate_pairs(
     classes = list(predictor.info.classes)
     if len(classes) != data.num_classes:
         raise ModelError(f"{model_path}: the model has {len(classes)} classes but its data config lists {data.num_classes}")
-    confusion = ConfusionMatrix(len(classes), ignore_index=data.ignore_index)
+    confusion = ConfusionMatrix(len(classes), ignore_index=data.ignore_index, sync=False)  # may run on rank 0 only
     for image, mask in _prefetched(pairs, data):
         pred = predictor.predict(image)
         confusion.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
         save_config(config, run_dir / "config.yaml")
         os.environ[_RUN_DIR_ENV] = str(run_dir)
     trainer, checkpoint = _trainer(config, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():  # config.yaml is there on purpose
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     last = run_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last

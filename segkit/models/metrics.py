@@ -22,11 +22,12 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
 
     ``update(preds, target)`` takes labels ``(N, H, W)`` or logits ``(N, K, H, W)`` and labels
     ``(N, H, W)``; pixels equal to ``ignore_index`` are dropped. The state is reduced with a sum
-    across DDP processes when computed, so every process sees the whole validation set's matrix.
+    across DDP processes when computed, so every process sees the whole validation set's matrix;
+    ``sync=False`` keeps it local (a single process evaluating while others wait would deadlock).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
-        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, validate_args=False)
+    def __init__(self, num_classes: int, ignore_index: int | None = None, sync: bool = True) -> None:
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, validate_args=False, sync_on_compute=sync)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

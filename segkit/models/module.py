@@ -100,10 +100,10 @@ class SegmentationModule(L.LightningModule):
         loss = self.loss(logits, masks)
         n = images.shape[0]
         train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=not train)
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         if train:
             for name, value in getattr(self.loss, "last_terms", {}).items():
-                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n)
+                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -122,11 +122,12 @@ class SegmentationModule(L.LightningModule):
         self.val_confusion.reset()
         metrics = SegmentationMetrics(matrix.cpu().numpy(), list(self.hparams["classes"]))
         self.last_val_metrics = metrics
-        # Identical on every rank (the matrix is already reduced), so no further sync is needed.
-        self.log("val/mIoU", metrics.miou, prog_bar=True)
+        # Identical on every rank (the matrix is already reduced); sync_dist only keeps Lightning's
+        # epoch-level bookkeeping uniform across processes.
+        self.log("val/mIoU", metrics.miou, prog_bar=True, sync_dist=True)
         values = {"val/mDice": metrics.mdice, "val/micro_IoU": metrics.micro_iou, "val/pixel_accuracy": metrics.pixel_accuracy}
         values.update({f"val/IoU/{name}": float(v) for name, v in zip(metrics.classes, metrics.iou, strict=True)})
-        self.log_dict(values)
+        self.log_dict(values, sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,137 @@
+"""evaluate(): masks decoded with the model's data settings, exact counts, JSON, .ckpt == .onnx."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit.bundle import load_bundle, save_bundle
+from segkit.config import load_config
+from segkit.errors import DataError
+from segkit.evaluate import evaluate
+from segkit.inference.backend import ModelInfo
+from segkit.models.build import build_model
+from tests.conftest import TINY_MODEL
+
+CLASSES = ["bg", "cell", "edge"]
+PALETTE = {"bg": [0, 0, 0], "cell": [255, 0, 0], "edge": [0, 255, 0]}
+IGNORE = 255
+
+
+def _bundle(tmp_path: Path, **data) -> Path:
+    config = load_config({"data": {"classes": CLASSES, **data}, "model": TINY_MODEL})
+    torch.manual_seed(0)
+    model = build_model(config.model, len(CLASSES), 3)
+    return save_bundle(tmp_path / "model.ckpt", config, model)
+
+
+class EchoPredictor:
+    """Stand-in for Predictor: 'predicts' the class written into the image's red channel / 100."""
+
+    def __init__(self, path: Path) -> None:
+        bundle = load_bundle(path)
+        self.backend = SimpleNamespace(bundle=bundle)
+        self.info = ModelInfo(classes=bundle.classes, colors=bundle.colors, in_channels=3, mean=bundle.mean, std=bundle.std)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return (image[..., 0] // 100).astype(np.uint8)
+
+
+def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, palette: bool) -> None:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    image = np.zeros((*pred.shape, 3), np.uint8)
+    image[..., 0] = pred * 100
+    Image.fromarray(image).save(root / "images" / f"{name}.png")
+    if palette:
+        rgb = np.full((*truth.shape, 3), 255, np.uint8)  # white = not a class colour (only for ignore below)
+        for i, c in enumerate(CLASSES):
+            rgb[truth == i] = PALETTE[c]
+        Image.fromarray(rgb).save(root / "masks" / f"{name}.png")
+    else:
+        Image.fromarray(truth.astype(np.uint8)).save(root / "masks" / f"{name}.png")
+
+
+def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_path, monkeypatch):
+    """The model was trained on palette masks, so evaluation decodes palette masks."""
+    from segkit.inference import predictor as predictor_module
+
+    model = _bundle(tmp_path, mask_encoding="palette", palette=PALETTE)
+    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    data = tmp_path / "val"
+    # image a: 2x3; image b: 2x2 (different sizes are fine)
+    _write_pair(data, "a", np.array([[0, 0, 1], [1, 2, 0]]), np.array([[0, 1, 1], [1, 0, 0]]), palette=True)
+    _write_pair(data, "b", np.array([[0, 1], [0, 0]]), np.array([[0, 1], [0, 1]]), palette=True)
+    out = tmp_path / "report" / "metrics.json"
+    metrics = evaluate(model, data / "images", data / "masks", json_path=out)
+    # (truth, pred): a: (0,0)(1,0)(1,1)(1,1)(0,2)(0,0)  b: (0,0)(1,1)(0,0)(1,0)
+    expected = np.array([[4, 0, 1], [2, 3, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(metrics.matrix, expected)
+    assert np.isnan(metrics.recall[2]) and metrics.iou[2] == 0.0  # predicted but never true
+    stored = json.loads(out.read_text())
+    assert stored["confusion_matrix"] == expected.tolist() and stored["images"] == 2
+    assert stored["mIoU"] == pytest.approx(metrics.miou)
+
+
+def test_ignore_index_pixels_are_not_counted(tmp_path, monkeypatch):
+    from segkit.inference import predictor as predictor_module
+
+    model = _bundle(tmp_path)
+    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    data = tmp_path / "val"
+    _write_pair(data, "a", np.array([[1, 2], [2, 2]]), np.array([[1, IGNORE], [IGNORE, 2]]), palette=False)
+    metrics = evaluate(model, data / "images", data / "masks")
+    assert metrics.total_pixels == 2
+    assert metrics.pixel_accuracy == 1.0
+
+
+def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
+    from segkit.inference import predictor as predictor_module
+
+    model = _bundle(tmp_path)
+    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    data = tmp_path / "val"
+    _write_pair(data, "a", np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64), palette=False)
+    Image.fromarray(np.zeros((5, 4), np.uint8)).save(data / "masks" / "a.png")
+    with pytest.raises(DataError, match=r"a.png: mask is 4x5 but image a.png is 4x4"):
+        evaluate(model, data / "images", data / "masks")
+
+
+@pytest.fixture
+def real_pairs(tmp_path):
+    from segkit.data.synthetic import make_shapes_dataset
+
+    d = make_shapes_dataset(tmp_path / "data", n_train=0, n_val=2, size=50, seed=1)
+    config = load_config({"data": {"classes": d["classes"], "patch_size": 32}, "model": TINY_MODEL})
+    torch.manual_seed(0)
+    path = save_bundle(tmp_path / "shapes.ckpt", config, build_model(config.model, len(d["classes"]), 3))
+    return path, d["val_images"], d["val_masks"]
+
+
+def test_real_predictor_and_cli(real_pairs, tmp_path):
+    from segkit.cli import main
+
+    model, images, masks = real_pairs
+    metrics = evaluate(model, images, masks, device="cpu", tile=32, overlap=0.25)  # tiled, like predict
+    assert metrics.total_pixels == 2 * 50 * 50
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(model), "--images", str(images), "--masks", str(masks), "--json", str(out), "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["total_pixels"] == 2 * 50 * 50
+
+
+def test_onnx_export_evaluates_like_the_checkpoint(real_pairs, tmp_path):
+    onnx_module = pytest.importorskip("segkit.export.onnx")
+    model, images, masks = real_pairs
+    exported = tmp_path / "model.onnx"
+    onnx_module.export_onnx(model, exported)
+    from_ckpt = evaluate(model, images, masks, device="cpu")
+    from_onnx = evaluate(exported, images, masks, device="cpu")
+    agree = np.trace(from_onnx.matrix) / from_onnx.total_pixels
+    assert from_onnx.total_pixels == from_ckpt.total_pixels
+    assert abs(agree - np.trace(from_ckpt.matrix) / from_ckpt.total_pixels) < 1e-3

@@ -1,0 +1,232 @@
+"""train(): learning happens, the run folder is complete, resume is exact, DDP reduces the metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from segkit.bundle import load_bundle, save_bundle
+from segkit.config import load_config
+from segkit.data.synthetic import make_shapes_dataset
+from segkit.errors import ConfigError, DataError
+from segkit.models.module import SegmentationModule
+from segkit.train import AtomicCheckpointIO, resolve_precision, resolve_run_dir, train
+from tests.conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
+
+
+def _config(data: dict, runs: Path, **sections) -> dict:
+    cfg = {
+        "data": {
+            "train": {"images": str(data["train_images"]), "masks": str(data["train_masks"])},
+            "val": {"images": str(data["val_images"]), "masks": str(data["val_masks"])},
+            "classes": data["classes"], "patch_size": 64, "batch_size": 4, "num_workers": 0,
+        },
+        "model": TINY_MODEL,
+        "optimizer": {"lr": 0.01},
+        "scheduler": {"warmup_epochs": 0.5},
+        "trainer": dict(QUIET),
+        "run": {"dir": str(runs), "seed": 0},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run on the synthetic shapes set, shared by the tests that inspect its results."""
+    root = tmp_path_factory.mktemp("train")
+    data = make_shapes_dataset(root / "data", n_train=16, n_val=4, size=64, seed=0)
+    config = load_config(_config(data, root / "runs", trainer={"max_epochs": 5}, run={"val_preview_images": 2}))
+    result = train(config, config_path=Path("shapes.yaml"))
+    return config, result
+
+
+def test_training_beats_the_initial_model(trained, tmp_path):
+    from segkit.evaluate import evaluate
+
+    config, result = trained
+    L.seed_everything(config.run.seed, workers=True, verbose=False)  # the same initial weights train() drew
+    initial = save_bundle(tmp_path / "init.ckpt", config, SegmentationModule(config).model)
+    before = evaluate(initial, config.data.val.images, config.data.val.masks, device="cpu")
+    after = result.metrics
+    assert after.miou > before.miou + 0.2, (before.miou, after.miou)
+    assert after.total_pixels == 4 * 64 * 64
+
+
+def test_run_folder_holds_everything(trained):
+    config, result = trained
+    run = result.run_dir
+    assert run == config.run.dir / "shapes"  # named after the config file
+    assert result.best_checkpoint == run / "best.ckpt" and result.best_checkpoint.is_file()
+    assert result.last_checkpoint == run / "last.ckpt" and result.last_checkpoint.is_file()
+    assert load_config(yaml.safe_load((run / "config.yaml").read_text())) == config
+    stored = json.loads((run / "metrics.json").read_text())
+    assert stored["mIoU"] == pytest.approx(result.metrics.miou)
+    assert sorted(p.name for p in (run / "previews").iterdir()) == [f"epoch_{i:03d}.png" for i in range(5)]
+    assert (run / "logs" / "metrics.csv").is_file() and any((run / "tensorboard").iterdir())
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_best_checkpoint_is_a_safe_bundle_with_identical_logits(trained):
+    _, result = trained
+    raw = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert raw["hyper_parameters"]["classes"] == ["background", "circle", "rectangle", "triangle"]
+    x = torch.randn(1, 3, 64, 96)
+    module = SegmentationModule.load_from_checkpoint(result.best_checkpoint, map_location="cpu", weights_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(load_bundle(result.best_checkpoint).build_model()(x), module(x))
+
+
+def test_bad_data_is_refused_before_training(tmp_path):
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1, size=32)
+    bad = sorted(Path(data["train_masks"]).iterdir())[0]
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(bad)
+    config = load_config(_config(data, tmp_path / "runs"))
+    with pytest.raises(DataError, match=bad.name):
+        train(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def _steps(path: Path) -> tuple[int, int, int]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    adam_step = int(next(iter(ckpt["optimizer_states"][0]["state"].values()))["step"])
+    return int(ckpt["global_step"]), adam_step, int(ckpt["lr_schedulers"][0]["last_epoch"])
+
+
+def test_resume_continues_step_optimizer_and_schedule(tmp_path):
+    data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=2, size=64)  # 2 steps per epoch
+    base = _config(data, tmp_path / "runs", run={"name": "r", "val_preview_images": 0}, trainer={"logger": False})
+    first = train(load_config(base, ["trainer.max_epochs=2"]))
+    assert _steps(first.last_checkpoint) == (4, 4, 4)
+
+    resumed = train(load_config(base, ["trainer.max_epochs=3", "run.resume=last"]))
+    assert resumed.run_dir == first.run_dir  # continues in the named folder, no "r-2"
+    # an uninterrupted 3-epoch run takes 3 x 2 steps; a fresh optimiser would have counted only 2
+    assert _steps(resumed.last_checkpoint) == (6, 6, 6)
+    assert not (tmp_path / "runs" / "r-2").exists()
+
+    with pytest.raises(ConfigError, match=r"model.encoder='tu-resnet10t'"):
+        train(load_config(base, ["run.resume=last", "model.encoder=resnet18"]))
+
+
+def test_resume_without_a_checkpoint_is_a_config_error(tmp_path):
+    config = load_config({"run": {"dir": str(tmp_path), "name": "nothing", "resume": "last"}})
+    with pytest.raises(ConfigError, match=r"run.resume=last: checkpoint .*nothing/last.ckpt not found"):
+        train(config)
+
+
+def test_run_folders_are_numbered(tmp_path):
+    config = load_config({"run": {"dir": str(tmp_path)}})
+    assert resolve_run_dir(config, Path("cfg/membrane.yaml")) == tmp_path / "membrane"
+    (tmp_path / "membrane").mkdir()
+    assert resolve_run_dir(config, Path("membrane.yaml")) == tmp_path / "membrane-2"
+    (tmp_path / "membrane-2").mkdir()
+    assert resolve_run_dir(config, Path("membrane.yaml")) == tmp_path / "membrane-3"
+    assert resolve_run_dir(config) == tmp_path / "run"
+    resuming = load_config({"run": {"dir": str(tmp_path), "name": "membrane", "resume": "last"}})
+    assert resolve_run_dir(resuming) == tmp_path / "membrane"
+
+
+def test_resolve_precision(monkeypatch):
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # explicit values pass through
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", "gpu") == "bf16-mixed"
+    assert resolve_precision("auto", "auto") == "bf16-mixed"
+    assert resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", "cuda") == "16-mixed"
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def killed(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpo")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from segkit.config import load_config
+from segkit.models import module as M
+from segkit.train import train
+
+out = Path(sys.argv[1])
+seen = {"pixels": 0}
+step, end = M.SegmentationModule.validation_step, M.SegmentationModule.on_validation_epoch_end
+
+def counting_step(self, batch, batch_idx):
+    if not self.trainer.sanity_checking:
+        seen["pixels"] += int((batch["mask"] != 255).sum())
+    return step(self, batch, batch_idx)
+
+def recording_end(self):
+    end(self)
+    if not self.trainer.sanity_checking:
+        record = {"local": seen["pixels"], "reduced": self.last_val_metrics.total_pixels, "world": self.trainer.world_size}
+        (out / f"val{self.global_rank}.json").write_text(json.dumps(record))
+
+M.SegmentationModule.validation_step = counting_step
+M.SegmentationModule.on_validation_epoch_end = recording_end
+result = train(load_config(json.loads((out / "config.json").read_text())))
+rank = os.environ.get("LOCAL_RANK", "0")
+(out / f"result{rank}.json").write_text(json.dumps({"run_dir": str(result.run_dir), "total": result.metrics.total_pixels}))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_reduces_the_confusion_matrix(tmp_path):
+    data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=4, size=64)
+    cfg = _config(
+        data, tmp_path / "runs", run={"name": "ddp", "val_preview_images": 1},
+        trainer={"strategy": "ddp", "devices": 2, "max_epochs": 1, "num_sanity_val_steps": 0},
+    )
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SEGKIT_RUN_DIR"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    total = 4 * 64 * 64
+    for rank in (0, 1):
+        val = json.loads((tmp_path / f"val{rank}.json").read_text())
+        assert val["world"] == 2
+        assert val["local"] == total // 2  # each process validated half of the images...
+        assert val["reduced"] == total  # ...and the matrix it logged from covers all of them
+        res = json.loads((tmp_path / f"result{rank}.json").read_text())
+        assert res["run_dir"] == str(tmp_path / "runs" / "ddp")  # both ranks wrote into one folder
+        assert res["total"] == total
+    assert (tmp_path / "runs" / "ddp" / "best.ckpt").is_file()
+    assert not (tmp_path / "runs" / "ddp-2").exists()
