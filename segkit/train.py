@@ -115,7 +115,7 @@ def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _trainer(config: SegkitConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(config: SegkitConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks."""
     kwargs = {k: v for k, v in config.trainer.model_dump().items() if v is not None}
     kwargs["precision"] = resolve_precision(str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto")))
@@ -165,7 +165,7 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         os.environ[_RUN_DIR_ENV] = str(run_dir)
-    trainer, checkpoint = _trainer(config, run_dir)
+    trainer, checkpoint = build_trainer(config, run_dir)
     with warnings.catch_warnings():  # config.yaml is there on purpose
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

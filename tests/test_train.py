@@ -20,7 +20,13 @@ from segkit.config import load_config
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.errors import ConfigError, DataError
 from segkit.models.module import SegmentationModule
-from segkit.train import AtomicCheckpointIO, resolve_precision, resolve_run_dir, train
+from segkit.train import (
+    AtomicCheckpointIO,
+    build_trainer,
+    resolve_precision,
+    resolve_run_dir,
+    train,
+)
 from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,6 +147,30 @@ def test_run_folders_are_numbered(tmp_path):
     assert resolve_run_dir(config) == tmp_path / "run"
     resuming = load_config({"run": {"dir": str(tmp_path), "name": "membrane", "resume": "last"}})
     assert resolve_run_dir(resuming) == tmp_path / "membrane"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.yaml").write_text("{}")
+    from_path = load_config({"run": {"dir": str(tmp_path), "resume": str(tmp_path / "other" / "last.ckpt")}})
+    assert resolve_run_dir(from_path) == tmp_path / "other"  # a checkpoint path continues in its own run
+
+
+def test_trainer_gets_every_trainer_key_and_segkit_callbacks(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    config = load_config({
+        "trainer": {"accelerator": "cpu", "max_epochs": 3, "limit_train_batches": 3, "gradient_clip_val": 0.5,
+                    "accumulate_grad_batches": 2, "enable_progress_bar": False},
+        "run": {"early_stopping_patience": 2},
+    })
+    trainer, checkpoint = build_trainer(config, tmp_path)
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.gradient_clip_val, trainer.accumulate_grad_batches) == (3, 3, 0.5, 2)
+    assert trainer.precision == "32-true"  # 'auto' on CPU
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert checkpoint.monitor == "val/mIoU" and checkpoint.mode == "max" and checkpoint.save_last
+    stopper = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
+    assert stopper.patience == 2 and stopper.monitor == "val/mIoU"
+    assert isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert Path(trainer.default_root_dir) == tmp_path
 
 
 def test_resolve_precision(monkeypatch):
