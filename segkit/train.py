@@ -174,7 +174,7 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     payload = None
     if trainer.is_global_zero:
-        device = "cpu" if trainer.strategy.root_device.type == "cpu" else None
+        device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
         metrics = evaluate_pairs(best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json")
         payload = metrics.to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)
