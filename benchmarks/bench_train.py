@@ -309,14 +309,14 @@ def _throughput_callback() -> Any:
 
 
 def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
-    """Train with ``segkit.train.train`` for ``budget_s`` seconds; score its last checkpoint."""
+    """Train with ``segkit.training.train`` for ``budget_s`` seconds; score its last checkpoint."""
     import torch
 
-    import segkit.train
+    import segkit.training
     from segkit.bundle import load_bundle
 
     meter = _throughput_callback()
-    make_trainer = segkit.train._trainer
+    make_trainer = segkit.training._trainer
 
     def trainer_with_meter(*a: Any, **k: Any) -> Any:
         # train() takes no callbacks argument: add the meter to the Trainer it builds.
@@ -324,12 +324,12 @@ def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
         trainer.callbacks.append(meter)
         return trainer, checkpoint
 
-    segkit.train._trainer = trainer_with_meter
+    segkit.training._trainer = trainer_with_meter
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-") as tmp:
         config = segkit_config(args, Path(tmp))
         t0 = time.perf_counter()
-        result = segkit.train.train(config)
+        result = segkit.training.train(config)
         fit_s = time.perf_counter() - t0
         # The last weights (not the "best" by val mIoU): val = the scored slices, and the plain
         # loop's score is of its last weights too.

@@ -21,8 +21,8 @@ _LAZY = {
     "SegkitConfig": "segkit.config",
     "load_config": "segkit.config",
     "load_bundle": "segkit.bundle",
-    "train": "segkit.train",
-    "evaluate": "segkit.evaluate",
+    "train": "segkit.training",
+    "evaluate": "segkit.evaluation",
     "export_onnx": "segkit.export.onnx",
 }
 

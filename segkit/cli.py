@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    from segkit.train import train
+    from segkit.training import train
 
     result = train(config, config_path=args.config)
     console = _console()
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from segkit.evaluate import evaluate
+    from segkit.evaluation import evaluate
 
     metrics = evaluate(
         args.model, args.images, args.masks, device=args.device, json_path=args.json,

@@ -52,10 +52,10 @@ def run_demo(output: str | Path = "segkit-demo", epochs: int | None = None, cons
     """Run the demo into ``output`` and return the paths it wrote."""
     from segkit.data.checks import check_config_data
     from segkit.data.synthetic import make_shapes_dataset
-    from segkit.evaluate import evaluate
+    from segkit.evaluation import evaluate
     from segkit.export.onnx import export_onnx
     from segkit.inference.run import predict_source
-    from segkit.train import train
+    from segkit.training import train
 
     console = console or Console()
     root = Path(output).resolve()

@@ -14,7 +14,7 @@ from PIL import Image
 from segkit.bundle import load_bundle, save_bundle
 from segkit.config import load_config
 from segkit.errors import DataError
-from segkit.evaluate import evaluate
+from segkit.evaluation import evaluate
 from segkit.inference.backend import ModelInfo
 from segkit.models.build import build_model
 from tests.conftest import TINY_MODEL

@@ -20,7 +20,7 @@ from segkit.config import load_config
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.errors import ConfigError, DataError
 from segkit.models.module import SegmentationModule
-from segkit.train import (
+from segkit.training import (
     AtomicCheckpointIO,
     build_trainer,
     resolve_precision,
@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
 
 
 def test_training_beats_the_initial_model(trained, tmp_path):
-    from segkit.evaluate import evaluate
+    from segkit.evaluation import evaluate
 
     config, result = trained
     L.seed_everything(config.run.seed, workers=True, verbose=False)  # the same initial weights train() drew
@@ -208,7 +208,7 @@ import json, os, sys
 from pathlib import Path
 from segkit.config import load_config
 from segkit.models import module as M
-from segkit.train import train
+from segkit.training import train
 
 out = Path(sys.argv[1])
 seen = {"pixels": 0}

@@ -147,7 +147,7 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
     """
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
-    from segkit.evaluate import evaluate_pairs
+    from segkit.evaluation import evaluate_pairs
     from segkit.models.module import SegmentationModule
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
