@@ -309,22 +309,22 @@ def _throughput_callback() -> Any:
 
 
 def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
-    """Train with ``segkit.training.train`` for ``budget_s`` seconds; score its last checkpoint."""
+    """Train with ``segkit.train`` for ``budget_s`` seconds; score its last checkpoint."""
     import torch
 
     import segkit.training
     from segkit.bundle import load_bundle
 
     meter = _throughput_callback()
-    make_trainer = segkit.training._trainer
+    build_trainer = segkit.training.build_trainer
 
-    def trainer_with_meter(*a: Any, **k: Any) -> Any:
+    def build_trainer_with_meter(*a: Any, **k: Any) -> Any:
         # train() takes no callbacks argument: add the meter to the Trainer it builds.
-        trainer, checkpoint = make_trainer(*a, **k)
+        trainer, checkpoint = build_trainer(*a, **k)
         trainer.callbacks.append(meter)
         return trainer, checkpoint
 
-    segkit.training._trainer = trainer_with_meter
+    segkit.training.build_trainer = build_trainer_with_meter
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-") as tmp:
         config = segkit_config(args, Path(tmp))
