@@ -180,7 +180,10 @@ class Predictor:
         std = torch.tensor(self.info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
         def run(batch: np.ndarray) -> torch.Tensor:
-            x = torch.from_numpy(batch).to(device, non_blocking=True)
+            x = torch.from_numpy(batch)
+            if device.type == "cuda":  # pinned + async: the CPU cuts the next batch while the GPU runs
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True)
             x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
             x = (x - mean) / std
             acc = None
