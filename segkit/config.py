@@ -156,6 +156,12 @@ class TrainerConfig(BaseModel):
     strategy: str = Field("auto", description="auto, ddp, ddp_spawn, ...")
     log_every_n_steps: int = Field(10, ge=1, description="Logging interval in steps.")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_str(cls, v: Any) -> Any:
+        # `trainer.precision=32` arrives from YAML as an int; Lightning takes both spellings.
+        return str(v) if isinstance(v, int) else v
+
 
 class RunConfig(_Section):
     """Where a run writes and how it starts."""

@@ -151,6 +151,8 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
     from segkit.models.module import SegmentationModule
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():  # TF32 matmuls for fp32 work on tensor-core GPUs
+        torch.set_float32_matmul_precision("high")
     run_dir = resolve_run_dir(config, config_path)
     ckpt_path = _resume_path(config, run_dir)
     spawned = _is_spawned_rank()

@@ -94,3 +94,8 @@ def test_config_reference_covers_every_key():
 def test_a_loss_needs_a_positive_term():
     with pytest.raises(ConfigError, match="at least one loss weight"):
         load_config(None, ["loss.dice=0", "loss.ce=0"])
+
+
+def test_numeric_precision_is_accepted():
+    assert load_config(None, ["trainer.precision=32"]).trainer.precision == "32"
+    assert load_config(None, ["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
