@@ -200,7 +200,7 @@ def run_items(
                 records[i] = _record(item, "failed", error=_reason(e, item.path), height=h, width=w)
                 bar.image()
                 continue
-            writes.append((i, item, writers.submit(writer.commit, image), {"t0": t0, "height": h, "width": w, "tiles": n_tiles}))
+            writes.append((i, item, writers.submit(writer.commit, image if "overlay" in save else None), {"t0": t0, "height": h, "width": w, "tiles": n_tiles}))
             del image
             while len(writes) > workers:
                 finish(writes.popleft())
