@@ -104,7 +104,8 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
             f"({first[:160]}); only load checkpoints you trust with other tools"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ModelError(f"{path}: not a readable checkpoint (truncated or corrupt?): {str(e).splitlines()[0][:160]}") from None
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__  # EOFError('') on 0 bytes
+        raise ModelError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
     if not isinstance(ckpt, dict):
         raise ModelError(f"{path}: not a segkit checkpoint (top level is {type(ckpt).__name__}, expected a dict)")
     return ckpt

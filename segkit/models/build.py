@@ -123,7 +123,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file becomes one clear line
-        raise ModelError(f"{path}: cannot read encoder weights ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"{path}: cannot read encoder weights ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
