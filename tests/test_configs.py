@@ -28,3 +28,30 @@ def test_membrane_example_points_at_the_shared_dataset():
     config = load_config(Path(__file__).parents[1] / "configs" / "binary_membrane.yaml")
     assert config.data.mask_encoding == "binary" and config.data.in_channels == 1
     assert config.data.train.images.parts[-3:] == ("membrane", "train", "image")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_example_config_builds_its_model_loss_and_augmentation(path):
+    """What each example asks for exists: the smp model (random init here), the loss, the pipeline."""
+    import numpy as np
+    import torch
+
+    from segkit.data.transforms import build_transforms
+    from segkit.models.build import build_model, model_stride
+    from segkit.models.losses import build_loss
+
+    config = load_config(path, ["model.encoder_weights=null", "data.patch_size=64"])
+    data = config.data
+    model = build_model(config.model, data.num_classes, data.in_channels)
+    stride = model_stride(model)
+    x = torch.randn(2, data.in_channels, 64, 64)
+    logits = model.train()(x)
+    assert logits.shape == (2, data.num_classes, 64, 64) and 64 % stride == 0
+    target = torch.randint(0, data.num_classes, (2, 64, 64))
+    target[:, :4] = data.ignore_index
+    loss = build_loss(config.loss, data.num_classes, data.ignore_index)(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    image = np.random.default_rng(0).random((80, 72, data.in_channels), dtype=np.float32)
+    out = build_transforms(config, "train", stride=stride)(image=image, mask=np.zeros((80, 72), np.uint8))
+    assert tuple(out["image"].shape) == (data.in_channels, 64, 64)
