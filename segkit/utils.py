@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?$")  # mkstemp's 8 random chars
+
+
+def temporary_target(path: str | Path) -> Path | None:
+    """The final path an :func:`atomic_path` temporary was made for, or None for other files.
+
+    A SIGKILLed writer cannot remove its temporary; a resumed run uses this to find and delete
+    exactly the leftovers of the files it is about to write, and nothing else.
+    """
+    path = Path(path)
+    match = _TEMPORARY.match(path.name)
+    return path.with_name(match["stem"] + (match["suffix"] or "")) if match else None
 
 
 def is_temporary_file(path: str | Path) -> bool:

@@ -29,6 +29,7 @@ from segkit.inference.writers import (
     output_path,
     outputs_exist,
     read_manifest,
+    remove_stale_temporaries,
     write_manifest,
 )
 
@@ -146,6 +147,7 @@ def run_items(
             owners[base] = item.path
             todo.append((i, item, base))
 
+    remove_stale_temporaries(list(owners), save, k, also=[output / MANIFEST])  # left by a killed run
     passes = len(_tta_transforms(predictor.settings().tta))
     workers = max(1, workers)
     with (

@@ -19,7 +19,7 @@ import torch
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
 from segkit.inference.predictor import label_dtype, to_unit_float
-from segkit.utils import atomic_path
+from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")
 PROBS_DTYPES = ("float16", "uint8")
@@ -53,6 +53,32 @@ def outputs_exist(base: Path, save: Sequence[str], num_classes: int) -> bool:
         if not any(p.is_file() for p in candidates):
             return False
     return True
+
+
+def remove_stale_temporaries(bases: Iterable[Path], save: Sequence[str], num_classes: int, also: Iterable[Path] = ()) -> int:
+    """Delete the temporaries a killed run left for these outputs (any size variant) and for the
+    files in ``also`` (the manifest); returns how many.
+
+    Only files that :func:`atomic_path` would create for one of these outputs are touched, so
+    another run writing other images into the same folder is not disturbed.
+    """
+    targets: dict[Path, set[str]] = {}
+    for p in also:
+        targets.setdefault(p.parent, set()).add(p.name)
+    for base in bases:
+        for kind in save:
+            for p in (output_path(base, kind, num_classes), output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1)):
+                targets.setdefault(p.parent, set()).add(p.name)
+    removed = 0
+    for folder, names in targets.items():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            target = temporary_target(entry)
+            if target is not None and target.name in names:
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:
