@@ -121,7 +121,7 @@ def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, log: Path) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every 2 ms); fail if it ends first."""
+    """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every 5 ms); fail if it ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -129,7 +129,7 @@ def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout:
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"kill point not reached in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.002)
+        time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
