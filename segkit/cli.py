@@ -7,6 +7,7 @@ code (0 success, 1 some inputs failed, 2 usage/config error). ``--debug`` shows 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from segkit.training import train
 
     result = train(config, config_path=args.config)
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return 0  # DDP: every process returns the same result; rank 0 reports it
     console = _console()
     console.print(result.metrics.table(title="Validation metrics of the best checkpoint"))
     console.print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
