@@ -7,6 +7,7 @@ Everything a run writes lives in one folder: ``config.yaml`` (resolved), ``best.
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -24,12 +26,13 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from segkit.config import SegkitConfig, save_config
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
-from segkit.utils import atomic_path
+from segkit.utils import atomic_path, temporary_target
 
 MONITOR = "val/mIoU"
 _RUN_DIR_ENV = "SEGKIT_RUN_DIR"  # hands rank 0's run folder to DDP processes Lightning re-launches
@@ -58,6 +61,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(Path(path)) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class _AtomicExperimentWriter(ExperimentWriter):
+    """Rewrites ``metrics.csv`` (needed whenever a new column appears) through a temporary file.
+
+    Lightning truncates the file and writes it again, so a run killed at that moment, which is
+    right around a checkpoint (the epoch-end columns appear then), lost its whole history.
+    """
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        _write_csv(path, fieldnames, rows)
+
+
+def _write_csv(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """A CSVLogger whose ``metrics.csv`` survives kills and resumes.
+
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, so a resumed run lost
+    every row logged before it. This one keeps the complete rows logged before the checkpoint's
+    step and drops those at or after it: a killed run logged them after its last checkpoint and
+    the resumed run logs those steps again, so every step appears exactly once.
+    """
+
+    def __init__(self, *args: Any, resume_from: Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume_from = resume_from
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        kept: list[dict[str, str]] = []
+        if self._resume_from is not None and path.is_file():
+            step = int(torch.load(self._resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)  # a row cut short by a kill has None fields: dropped
+                kept = [r for r in reader if None not in r.values() and (r.get("step") or "").isdigit() and int(r["step"]) < step]
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _AtomicExperimentWriter(log_dir=self.log_dir)  # deletes metrics.csv
+        if kept:
+            keys = sorted(set().union(*kept))
+            _write_csv(path, keys, kept)
+            self._experiment.metrics_keys = keys
+        return self._experiment
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporaries a killed run left in its folder (a half-written ``.last.*.tmp.ckpt``)."""
+    for path in run_dir.rglob(".*"):
+        if path.is_file() and temporary_target(path) is not None:
+            path.unlink(missing_ok=True)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -115,8 +180,11 @@ def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def build_trainer(config: SegkitConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks."""
+def build_trainer(config: SegkitConfig, run_dir: Path, resume_from: Path | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks.
+
+    ``resume_from``: the checkpoint a resumed run starts from (its metrics.csv history is kept).
+    """
     kwargs = {k: v for k, v in config.trainer.model_dump().items() if v is not None}
     kwargs["precision"] = resolve_precision(str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto")))
     checkpoint = ModelCheckpoint(
@@ -131,7 +199,7 @@ def build_trainer(config: SegkitConfig, run_dir: Path) -> tuple[L.Trainer, Model
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:
-        loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+        loggers = [ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from), TensorBoardLogger(run_dir, name="tensorboard", version="")]
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
     kwargs.pop("default_root_dir", None)
@@ -165,11 +233,14 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
         raise ConfigError("no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train")
     if not spawned:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path is not None:
+            remove_stale_temporaries(run_dir)
         save_config(config, run_dir / "config.yaml")
         os.environ[_RUN_DIR_ENV] = str(run_dir)
-    trainer, checkpoint = build_trainer(config, run_dir)
+    trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path)
     with warnings.catch_warnings():  # config.yaml is there on purpose
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")  # ResumableCSVLogger keeps them
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     last = run_dir / "last.ckpt"

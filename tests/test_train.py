@@ -169,7 +169,7 @@ def test_trainer_gets_every_trainer_key_and_segkit_callbacks(tmp_path):
     stopper = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
     assert stopper.patience == 2 and stopper.monitor == "val/mIoU"
     assert isinstance(trainer.checkpoint_callback, ModelCheckpoint)
-    assert [type(lg).__name__ for lg in trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger", "TensorBoardLogger"]
     assert Path(trainer.default_root_dir) == tmp_path
 
 
