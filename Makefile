@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV ?= $(HOME)/.cache/segkit-venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.segkit-installed
+# The stamp lives in the checkout: each clone installs itself (editable) into the shared venv once.
+STAMP := .segkit-installed
 
 .PHONY: demo test lint install constraints
 
@@ -22,12 +23,12 @@ demo: $(STAMP)
 	$(BIN)/segkit demo --output segkit-demo
 
 test: $(STAMP)
-	$(BIN)/ruff check segkit tests benchmarks
+	$(BIN)/ruff check segkit tests benchmarks notebooks
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check segkit tests benchmarks
-	$(BIN)/ruff format --check segkit tests benchmarks
+	$(BIN)/ruff check segkit tests benchmarks notebooks
+	$(BIN)/ruff format --check segkit tests benchmarks notebooks
 
 constraints: $(STAMP)
 	(echo "# Pinned versions for reproducible installs (Dockerfile, make). Regenerate: make constraints"; \

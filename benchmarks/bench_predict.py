@@ -2,7 +2,8 @@
 
 Both tools run the SAME network call (segkit's backend: torch or onnxruntime, softmax in float32,
 channels_last + autocast on CUDA) on the same uint8 RGB image, with tile 512, overlap 0.25 and
-gaussian blending (sigma 0.125 of the tile, MONAI's default), and produce an HxW label map.
+gaussian blending (sigma 0.125 of the tile; both use segkit's window, passed to MONAI as
+``roi_weight_map``, since MONAI clamps its own at 1e-3 in 2-D), and produce an HxW label map.
 Only the tiler differs: segkit reads tiles from the uint8 image and releases finished bands;
 MONAI needs the image as one float tensor and keeps full-size K-channel accumulators.
 
@@ -44,11 +45,13 @@ def make_model(workdir: Path, backend: str) -> Path:
     from segkit.config import load_config
     from segkit.models.build import build_model
 
-    cfg = load_config({
-        "data": {"classes": [f"class{i}" for i in range(K)], "patch_size": TILE},
-        "model": {"arch": "Unet", "encoder": "resnet34", "encoder_weights": None},
-        "predict": {"tile": TILE, "overlap": OVERLAP, "blend": "gaussian"},
-    })
+    cfg = load_config(
+        {
+            "data": {"classes": [f"class{i}" for i in range(K)], "patch_size": TILE},
+            "model": {"arch": "Unet", "encoder": "resnet34", "encoder_weights": None},
+            "predict": {"tile": TILE, "overlap": OVERLAP, "blend": "gaussian"},
+        }
+    )
     torch.manual_seed(0)
     ckpt = save_bundle(workdir / "unet_r34.ckpt", cfg, build_model(cfg.model, K, 3))
     if backend == "onnx":
@@ -81,31 +84,56 @@ def _load_once(path: Path) -> np.ndarray:
     """Read a .npy into one array (``np.load`` can peak at several copies for huge files)."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran, dtype = read_header(f)
         out = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
         f.readinto(memoryview(out).cast("B"))
     return out
 
 
-def _segkit(predictor, image: np.ndarray, args: argparse.Namespace, device) -> tuple[np.ndarray, np.ndarray | None]:
+def _segkit(
+    predictor, image: np.ndarray, args: argparse.Namespace, device
+) -> tuple[np.ndarray, np.ndarray | None]:
     if args.save_probs:
         probs = predictor.predict_proba(image)
         return probs.argmax(0), probs
     return predictor.predict(image), None
 
 
-def _monai(predictor, image: np.ndarray, args: argparse.Namespace, device) -> tuple[np.ndarray, np.ndarray | None]:
+def _monai(
+    predictor, image: np.ndarray, args: argparse.Namespace, device
+) -> tuple[np.ndarray, np.ndarray | None]:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from segkit.inference.tiling import blend_window
+
     mean = torch.tensor(predictor.info.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(predictor.info.std, device=device).view(1, -1, 1, 1)
+    weights = torch.from_numpy(blend_window(TILE, TILE, "gaussian")).to(device)
     with torch.inference_mode():
-        x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float().div_(255).sub_(mean).div_(std)
+        x = (
+            torch.from_numpy(image)
+            .to(device)
+            .permute(2, 0, 1)[None]
+            .float()
+            .div_(255)
+            .sub_(mean)
+            .div_(std)
+        )
         probs = sliding_window_inference(
-            x, roi_size=(TILE, TILE), sw_batch_size=args.batch_size, predictor=predictor.backend,
-            overlap=OVERLAP, mode="gaussian", sigma_scale=0.125, padding_mode="reflect",
+            x,
+            roi_size=(TILE, TILE),
+            sw_batch_size=args.batch_size,
+            predictor=predictor.backend,
+            overlap=OVERLAP,
+            mode="gaussian",
+            roi_weight_map=weights,  # segkit's gaussian: MONAI's own is clamped at 1e-3 in 2-D
+            padding_mode="reflect",
         )
         labels = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
         return labels, (probs[0].cpu().numpy() if args.save_probs else None)
@@ -117,13 +145,22 @@ def child(args: argparse.Namespace) -> dict:
 
     from segkit.inference.predictor import Predictor
 
-    predictor = Predictor.from_path(args.model, device=args.device, tile=TILE, overlap=OVERLAP, blend="gaussian", batch_size=args.batch_size)
+    predictor = Predictor.from_path(
+        args.model,
+        device=args.device,
+        tile=TILE,
+        overlap=OVERLAP,
+        blend="gaussian",
+        batch_size=args.batch_size,
+    )
     device = torch.device(getattr(predictor.backend, "device", "cpu"))
     image = _load_once(args.image)  # both tools start from the decoded uint8 image in memory
     h, w = image.shape[:2]
     cuda = device.type == "cuda"
     run = _segkit if args.child == "segkit" else _monai
-    run(predictor, image[:1024, :1024], args, device)  # warm-up (cuDNN/oneDNN plans, allocators), not timed
+    run(
+        predictor, image[:1024, :1024], args, device
+    )  # warm-up (cuDNN/oneDNN plans, allocators), not timed
     rss_before = _peak_rss_gb()
     if cuda:
         torch.cuda.synchronize()
@@ -134,8 +171,13 @@ def child(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = {
-        "tool": args.child, "size": h, "seconds": seconds, "peak_rss_gb": _peak_rss_gb(),
-        "rss_before_gb": rss_before, "tiles": len(predictor.grid(h, w)), "device": str(device),
+        "tool": args.child,
+        "size": h,
+        "seconds": seconds,
+        "peak_rss_gb": _peak_rss_gb(),
+        "rss_before_gb": rss_before,
+        "tiles": len(predictor.grid(h, w)),
+        "device": str(device),
         "gpu_peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
         "labels_checksum": int(labels.astype(np.int64).sum()),
     }
@@ -145,8 +187,21 @@ def child(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_child(tool: str, model: Path, image: Path, ns: argparse.Namespace, save_probs: Path | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--child", tool, "--model", str(model), "--image", str(image), "--batch-size", str(ns.batch_size)]
+def run_child(
+    tool: str, model: Path, image: Path, ns: argparse.Namespace, save_probs: Path | None = None
+) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        tool,
+        "--model",
+        str(model),
+        "--image",
+        str(image),
+        "--batch-size",
+        str(ns.batch_size),
+    ]
     if ns.device:
         cmd += ["--device", ns.device]
     if save_probs:
@@ -167,14 +222,38 @@ def monai_estimate_gb(size: int, device: str | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384], help="square image sides to test")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="network runtime used by both tools")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[4096, 16384], help="square image sides to test"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="network runtime used by both tools",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (both tools)")
-    p.add_argument("--max-rss-gb", type=float, default=None, help="skip MONAI where its estimated memory exceeds this (default: 85%% of RAM)")
-    p.add_argument("--compare-size", type=int, default=4096, help="size whose probabilities are compared (default 4096; the smallest size if absent)")
-    p.add_argument("--workdir", type=Path, default=None, help="folder for the model and images (default: a temp folder)")
+    p.add_argument(
+        "--max-rss-gb",
+        type=float,
+        default=None,
+        help="skip MONAI where its estimated memory exceeds this (default: 85%% of RAM)",
+    )
+    p.add_argument(
+        "--compare-size",
+        type=int,
+        default=4096,
+        help="size whose probabilities are compared (default 4096; the smallest size if absent)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="folder for the model and images (default: a temp folder)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", choices=["segkit", "monai"], help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -198,8 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         seg = run_child("segkit", model, image, ns)
         est = monai_estimate_gb(size, ns.device)
         if est > budget:
-            mon = {"tool": "monai", "skipped": f"needs ~{est:.1f} GB host memory > budget {budget:.1f} GB"}
-            notes.append(f"MONAI skipped at {size}: {mon['skipped']} (full-size float input + {K}-class accumulators)")
+            mon = {
+                "tool": "monai",
+                "skipped": f"needs ~{est:.1f} GB host memory > budget {budget:.1f} GB",
+            }
+            notes.append(
+                f"MONAI skipped at {size}: {mon['skipped']} (full-size float input + {K}-class accumulators)"
+            )
         else:
             mon = run_child("monai", model, image, ns)
         rows.append((size, seg, mon))
@@ -210,27 +294,41 @@ def main(argv: list[str] | None = None) -> int:
             pa, pb = np.load(a, mmap_mode="r"), np.load(b, mmap_mode="r")
             diff = max(float(np.abs(pa[k] - pb[k]).max()) for k in range(K))
             agree = float(np.mean(np.argmax(pa, 0) == np.argmax(pb, 0)))
-            notes.append(f"{size}x{size}: max |p_segkit - p_monai| = {diff:.3g}, argmax agreement {agree:.4%} "
-                         "(tile positions differ: segkit snaps starts to the model stride)")
+            notes.append(
+                f"{size}x{size}: max |p_segkit - p_monai| = {diff:.3g}, argmax agreement {agree:.4%} "
+                "(same blend window; the tile starts differ unless (size - tile) is a multiple of the step: "
+                "segkit spreads tiles evenly on the stride, MONAI steps by tile x (1 - overlap) and "
+                "pushes the last tile back; a random-init network is very sensitive to that)"
+            )
             a.unlink()
             b.unlink()
         image.unlink()
 
-    print(f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={ns.batch_size}")
-    print(f"{'size':>7} {'tool':>7} {'tiles':>6} {'time s':>9} {'peak RSS GB':>12} {'GPU peak GB':>12}")
+    print(
+        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={ns.batch_size}"
+    )
+    print(
+        f"{'size':>7} {'tool':>7} {'tiles':>6} {'time s':>9} {'peak RSS GB':>12} {'GPU peak GB':>12}"
+    )
     for size, seg, mon in rows:
         for r in (seg, mon):
             if "seconds" in r:
                 gpu = f"{r['gpu_peak_gb']:.2f}" if r.get("gpu_peak_gb") is not None else "-"
-                print(f"{size:>7} {r['tool']:>7} {r['tiles']:>6} {r['seconds']:>9.2f} {r['peak_rss_gb']:>12.2f} {gpu:>12}")
+                print(
+                    f"{size:>7} {r['tool']:>7} {r['tiles']:>6} {r['seconds']:>9.2f} {r['peak_rss_gb']:>12.2f} {gpu:>12}"
+                )
             else:
                 print(f"{size:>7} {r['tool']:>7}  {r.get('skipped') or r.get('error')}")
         if "seconds" in seg and "seconds" in mon:
-            print(f"{'':>7} {'ratio':>7} {'':>6} {mon['seconds'] / seg['seconds']:>8.2f}x {mon['peak_rss_gb'] / seg['peak_rss_gb']:>11.2f}x   (MONAI / segkit)")
+            print(
+                f"{'':>7} {'ratio':>7} {'':>6} {mon['seconds'] / seg['seconds']:>8.2f}x {mon['peak_rss_gb'] / seg['peak_rss_gb']:>11.2f}x   (MONAI / segkit)"
+            )
     for note in notes:
         print("note:", note)
     if ns.json:
-        ns.json.write_text(json.dumps({"rows": rows, "notes": notes, "backend": ns.backend}, indent=2))
+        ns.json.write_text(
+            json.dumps({"rows": rows, "notes": notes, "backend": ns.backend}, indent=2)
+        )
     return 0
 
 

@@ -82,11 +82,17 @@ class Bundle:
         """The smp model with the bundle's weights, in eval mode, on CPU."""
         from segkit.models.build import build_model
 
-        model = build_model(self.config.model.model_copy(update={"encoder_weights": None}), self.config.data.num_classes, self.in_channels)
+        model = build_model(
+            self.config.model.model_copy(update={"encoder_weights": None}),
+            self.config.data.num_classes,
+            self.in_channels,
+        )
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
-            raise ModelError(f"{self.path}: weights do not fit {self.config.model.arch}/{self.config.model.encoder}: {str(e).splitlines()[0]}") from None
+            raise ModelError(
+                f"{self.path}: weights do not fit {self.config.model.arch}/{self.config.model.encoder}: {str(e).splitlines()[0]}"
+            ) from None
         return model.eval()
 
 
@@ -104,10 +110,16 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
             f"({first[:160]}); only load checkpoints you trust with other tools"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__  # EOFError('') on 0 bytes
-        raise ModelError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
+        reason = (
+            str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        )  # EOFError('') on 0 bytes
+        raise ModelError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}"
+        ) from None
     if not isinstance(ckpt, dict):
-        raise ModelError(f"{path}: not a segkit checkpoint (top level is {type(ckpt).__name__}, expected a dict)")
+        raise ModelError(
+            f"{path}: not a segkit checkpoint (top level is {type(ckpt).__name__}, expected a dict)"
+        )
     return ckpt
 
 
@@ -117,18 +129,30 @@ def load_bundle(path: str | Path) -> Bundle:
     ckpt = load_checkpoint_dict(path)
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "config" not in hparams or "state_dict" not in ckpt:
-        raise ModelError(f"{path}: not a segkit checkpoint (no hyper_parameters.config / state_dict); train it with `segkit train`")
+        raise ModelError(
+            f"{path}: not a segkit checkpoint (no hyper_parameters.config / state_dict); train it with `segkit train`"
+        )
     try:
         config = load_config(hparams["config"])
     except ConfigError as e:
-        raise ModelError(f"{path}: the stored config is not valid for this segkit version: {e}") from None
-    state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
+        raise ModelError(
+            f"{path}: the stored config is not valid for this segkit version: {e}"
+        ) from None
+    state = {
+        k[len(STATE_PREFIX) :]: v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith(STATE_PREFIX)
+    }
     if not state:
-        raise ModelError(f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)")
+        raise ModelError(
+            f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)"
+        )
     return Bundle(path=path, config=config, hparams=dict(hparams), state_dict=state)
 
 
-def save_bundle(path: str | Path, config: SegkitConfig, model: nn.Module, stride: int | None = None) -> Path:
+def save_bundle(
+    path: str | Path, config: SegkitConfig, model: nn.Module, stride: int | None = None
+) -> Path:
     """Write a bundle for ``model`` without training (tests, imports of outside weights). Atomic."""
     from segkit.models.build import model_stride
 

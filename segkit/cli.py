@@ -35,67 +35,202 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show full tracebacks on errors",
+        )
         return p
 
-    p = add("train", "Train a model from a YAML config; writes best.ckpt, last.ckpt, config.yaml and metrics to the run folder.")
+    p = add(
+        "train",
+        "Train a model from a YAML config; writes best.ckpt, last.ckpt, config.yaml and metrics to the run folder.",
+    )
     p.add_argument("config", type=Path, help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config key by its dotted path")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override any config key by its dotted path",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    p = add("evaluate", "Per-class IoU/Dice/precision/recall of a model on an image+mask folder pair.")
+    p = add(
+        "evaluate", "Per-class IoU/Dice/precision/recall of a model on an image+mask folder pair."
+    )
     p.add_argument("model", type=Path, help="a segkit .ckpt bundle or .onnx export")
     p.add_argument("--images", type=Path, required=True, help="image folder")
-    p.add_argument("--masks", type=Path, required=True, help="mask folder (same stems as the images)")
+    p.add_argument(
+        "--masks", type=Path, required=True, help="mask folder (same stems as the images)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
+    )
     _tiling_options(p)
 
-    p = add("predict", "Predict masks for an image, a folder (recursive) or a glob with the tiled engine.")
+    p = add(
+        "predict",
+        "Predict masks for an image, a folder (recursive) or a glob with the tiled engine.",
+    )
     p.add_argument("model", type=Path, help="a segkit .ckpt bundle or .onnx export")
     p.add_argument("source", help="image file, folder or glob pattern (quote it)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output folder (the source's relative layout is kept)")
-    p.add_argument("--save", nargs="+", default=["index"], choices=["index", "color", "overlay", "probs"], help="outputs to write (default: index)")
-    p.add_argument("--probs-dtype", default="float16", choices=["float16", "uint8"], help="storage of --save probs (default float16)")
-    p.add_argument("--skip-existing", action="store_true", help="skip images whose outputs already exist (resume a killed run)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--devices", type=int, default=1, help="shard the images over N processes/GPUs (torch.distributed)")
-    p.add_argument("--workers", type=int, default=2, help="background threads decoding and writing images")
-    p.add_argument("--classes", nargs="+", default=None, help="class names, for an ONNX model without segkit metadata")
-    p.add_argument("--mean", nargs="+", type=float, default=None, help="normalisation mean, for an ONNX model without segkit metadata")
-    p.add_argument("--std", nargs="+", type=float, default=None, help="normalisation std, for an ONNX model without segkit metadata")
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="output folder (the source's relative layout is kept)",
+    )
+    p.add_argument(
+        "--save",
+        nargs="+",
+        default=["index"],
+        choices=["index", "color", "overlay", "probs"],
+        help="outputs to write (default: index)",
+    )
+    p.add_argument(
+        "--probs-dtype",
+        default="float16",
+        choices=["float16", "uint8"],
+        help="storage of --save probs (default float16)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip images whose outputs already exist (resume a killed run)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="shard the images over N processes/GPUs (torch.distributed)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="background threads decoding and writing images"
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="class names, for an ONNX model without segkit metadata",
+    )
+    p.add_argument(
+        "--mean",
+        nargs="+",
+        type=float,
+        default=None,
+        help="normalisation mean, for an ONNX model without segkit metadata",
+    )
+    p.add_argument(
+        "--std",
+        nargs="+",
+        type=float,
+        default=None,
+        help="normalisation std, for an ONNX model without segkit metadata",
+    )
     _tiling_options(p)
 
     p = add("export", "Export a checkpoint to ONNX and verify it against torch with onnxruntime.")
     p.add_argument("model", type=Path, help="a segkit .ckpt bundle")
     p.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--head", default="logits", choices=["logits", "probs", "labels"], help="graph output: logits, softmax probs, or argmax labels")
-    p.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic batch/height/width")
-    p.add_argument("--normalize-in-graph", action="store_true", help="take raw uint8-range images; scaling and mean/std happen inside the graph")
-    p.add_argument("--fp16", action="store_true", help="half-precision weights (for GPU deployment)")
-    p.add_argument("--tolerance", type=float, default=None, help="max abs difference allowed in verification (default 1e-3, 1e-1 for fp16)")
+    p.add_argument(
+        "--head",
+        default="logits",
+        choices=["logits", "probs", "labels"],
+        help="graph output: logits, softmax probs, or argmax labels",
+    )
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="fixed input shape instead of dynamic batch/height/width",
+    )
+    p.add_argument(
+        "--normalize-in-graph",
+        action="store_true",
+        help="take raw uint8-range images; scaling and mean/std happen inside the graph",
+    )
+    p.add_argument(
+        "--fp16", action="store_true", help="half-precision weights (for GPU deployment)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="max abs difference allowed in verification (default 1e-3, 1e-1 for fp16)",
+    )
 
-    p = add("check-data", "Validate a dataset: pairing, sizes, readability, mask values, class histogram.")
-    p.add_argument("config", type=Path, nargs="?", default=None, help="YAML config whose data section to check")
+    p = add(
+        "check-data",
+        "Validate a dataset: pairing, sizes, readability, mask values, class histogram.",
+    )
+    p.add_argument(
+        "config", type=Path, nargs="?", default=None, help="YAML config whose data section to check"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--images", type=Path, default=None, help="image folder (instead of a config)")
     p.add_argument("--masks", type=Path, default=None, help="mask folder (instead of a config)")
-    p.add_argument("--classes", nargs="+", default=None, help="class names (with --images/--masks; default: background foreground)")
-    p.add_argument("--mask-encoding", default=None, choices=["index", "binary", "palette"], help="mask encoding (with --images/--masks)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        help="class names (with --images/--masks; default: background foreground)",
+    )
+    p.add_argument(
+        "--mask-encoding",
+        default=None,
+        choices=["index", "binary", "palette"],
+        help="mask encoding (with --images/--masks)",
+    )
 
-    p = add("demo", "The whole loop on a generated dataset: train, evaluate, predict a folder, export ONNX.")
-    p.add_argument("--output", "-o", type=Path, default=Path("segkit-demo"), help="folder for everything the demo writes")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: a few minutes on CPU)")
+    p = add(
+        "demo",
+        "The whole loop on a generated dataset: train, evaluate, predict a folder, export ONNX.",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("segkit-demo"),
+        help="folder for everything the demo writes",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: a few minutes on CPU)"
+    )
     return parser
 
 
 def _tiling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: from the model)")
-    p.add_argument("--overlap", type=float, default=None, help="tile overlap: fraction < 1 or pixels >= 1 (default: from the model)")
-    p.add_argument("--blend", default=None, choices=["constant", "gaussian", "cosine"], help="blend window of overlapping tiles")
-    p.add_argument("--tta", default=None, choices=["none", "flip", "d4"], help="test-time augmentation")
+    p.add_argument(
+        "--tile", type=int, default=None, help="tile size in pixels (default: from the model)"
+    )
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="tile overlap: fraction < 1 or pixels >= 1 (default: from the model)",
+    )
+    p.add_argument(
+        "--blend",
+        default=None,
+        choices=["constant", "gaussian", "cosine"],
+        help="blend window of overlapping tiles",
+    )
+    p.add_argument(
+        "--tta", default=None, choices=["none", "flip", "d4"], help="test-time augmentation"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
 
 
@@ -129,8 +264,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from segkit.evaluation import evaluate
 
     metrics = evaluate(
-        args.model, args.images, args.masks, device=args.device, json_path=args.json,
-        tile=args.tile, overlap=args.overlap, blend=args.blend, tta=args.tta, batch_size=args.batch_size,
+        args.model,
+        args.images,
+        args.masks,
+        device=args.device,
+        json_path=args.json,
+        tile=args.tile,
+        overlap=args.overlap,
+        blend=args.blend,
+        tta=args.tta,
+        batch_size=args.batch_size,
     )
     console = _console()
     console.print(metrics.table(title=f"{args.model.name} on {args.images}"))
@@ -143,10 +286,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from segkit.inference.run import predict_source
 
     summary = predict_source(
-        args.model, args.source, args.output, save=args.save, probs_dtype=args.probs_dtype,
-        skip_existing=args.skip_existing, device=args.device, devices=args.devices, workers=args.workers,
-        tile=args.tile, overlap=args.overlap, blend=args.blend, tta=args.tta, batch_size=args.batch_size,
-        classes=args.classes, mean=args.mean, std=args.std,
+        args.model,
+        args.source,
+        args.output,
+        save=args.save,
+        probs_dtype=args.probs_dtype,
+        skip_existing=args.skip_existing,
+        device=args.device,
+        devices=args.devices,
+        workers=args.workers,
+        tile=args.tile,
+        overlap=args.overlap,
+        blend=args.blend,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        classes=args.classes,
+        mean=args.mean,
+        std=args.std,
     )
     for failure in summary.failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -158,8 +314,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from segkit.export.onnx import export_onnx
 
     diff = export_onnx(
-        args.model, args.output, opset=args.opset, head=args.head, dynamic=not args.static,
-        normalize_in_graph=args.normalize_in_graph, fp16=args.fp16, tolerance=args.tolerance,
+        args.model,
+        args.output,
+        opset=args.opset,
+        head=args.head,
+        dynamic=not args.static,
+        normalize_in_graph=args.normalize_in_graph,
+        fp16=args.fp16,
+        tolerance=args.tolerance,
     )
     print(f"exported {args.output} (verified with onnxruntime: max abs difference {diff:.2e})")
     return 0
@@ -217,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may come after options (`train c.yaml --print-config a.b=1`).
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -27,50 +27,107 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     """One split: an image folder and a mask folder whose files pair by stem."""
 
-    images: Path = Field(description="Folder of images (png, jpg, tif/tiff, bmp); searched recursively.")
-    masks: Path = Field(description="Folder of masks, one per image with the same stem (lossless formats).")
+    images: Path = Field(
+        description="Folder of images (png, jpg, tif/tiff, bmp); searched recursively."
+    )
+    masks: Path = Field(
+        description="Folder of masks, one per image with the same stem (lossless formats)."
+    )
 
 
 class DataConfig(_Section):
     """Where the data is and how to read it."""
 
     train: SplitConfig | None = Field(None, description="Training images and masks.")
-    val: SplitConfig | None = Field(None, description="Validation images and masks; when null, `val_fraction` of train is held out.")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Seeded share of train held out for validation when `val` is null.")
-    classes: list[str] = Field(["background", "foreground"], min_length=1, description="Class names; their count is the number of classes.")
-    mask_encoding: Literal["index", "binary", "palette"] = Field("index", description="index: pixel value = class; binary: 0 and 255 (or 0/1); palette: RGB colours from `palette`.")
-    palette: dict[str, tuple[int, int, int]] | None = Field(None, description="{class name: [r, g, b]}: decodes palette masks and colours outputs. Default: a fixed colour table.")
-    ignore_index: int = Field(255, ge=0, le=65535, description="Mask value never counted in loss or metrics; fill value when crops are padded.")
-    in_channels: int = Field(3, ge=1, description="Image channels the model takes: 1 grayscale, 3 RGB, N multi-band. Images are converted to it.")
-    patch_size: int = Field(512, ge=16, description="Training crop size (images smaller than it are padded with ignore_index in the mask).")
-    mean: list[float] | None = Field(None, description="Per-channel mean after scaling to [0, 1]. Default: ImageNet for 3 channels, 0.5 otherwise.")
-    std: list[float] | None = Field(None, description="Per-channel std after scaling to [0, 1]. Default: ImageNet for 3 channels, 0.25 otherwise.")
-    batch_size: int = Field(8, ge=1, description="Training batch size per device (validation uses 1: whole images).")
+    val: SplitConfig | None = Field(
+        None,
+        description="Validation images and masks; when null, `val_fraction` of train is held out.",
+    )
+    val_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Seeded share of train held out for validation when `val` is null.",
+    )
+    classes: list[str] = Field(
+        ["background", "foreground"],
+        min_length=1,
+        description="Class names; their count is the number of classes.",
+    )
+    mask_encoding: Literal["index", "binary", "palette"] = Field(
+        "index",
+        description="index: pixel value = class; binary: 0 and 255 (or 0/1); palette: RGB colours from `palette`.",
+    )
+    palette: dict[str, tuple[int, int, int]] | None = Field(
+        None,
+        description="{class name: [r, g, b]}: decodes palette masks and colours outputs. Default: a fixed colour table.",
+    )
+    ignore_index: int = Field(
+        255,
+        ge=0,
+        le=65535,
+        description="Mask value never counted in loss or metrics; fill value when crops are padded.",
+    )
+    in_channels: int = Field(
+        3,
+        ge=1,
+        description="Image channels the model takes: 1 grayscale, 3 RGB, N multi-band. Images are converted to it.",
+    )
+    patch_size: int = Field(
+        512,
+        ge=16,
+        description="Training crop size (images smaller than it are padded with ignore_index in the mask).",
+    )
+    mean: list[float] | None = Field(
+        None,
+        description="Per-channel mean after scaling to [0, 1]. Default: ImageNet for 3 channels, 0.5 otherwise.",
+    )
+    std: list[float] | None = Field(
+        None,
+        description="Per-channel std after scaling to [0, 1]. Default: ImageNet for 3 channels, 0.25 otherwise.",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Training batch size per device (validation uses 1: whole images)."
+    )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
-    max_image_pixels: int = Field(1_000_000_000, ge=1, description="Refuse images with more pixels than this (decompression-bomb guard).")
+    max_image_pixels: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Refuse images with more pixels than this (decompression-bomb guard).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be unique, got {self.classes}")
         if self.ignore_index < len(self.classes):
-            raise ValueError(f"ignore_index {self.ignore_index} collides with a class index (0..{len(self.classes) - 1}); use 255")
+            raise ValueError(
+                f"ignore_index {self.ignore_index} collides with a class index (0..{len(self.classes) - 1}); use 255"
+            )
         if self.mask_encoding == "binary" and len(self.classes) != 2:
-            raise ValueError(f"mask_encoding 'binary' needs exactly 2 classes, got {len(self.classes)}")
+            raise ValueError(
+                f"mask_encoding 'binary' needs exactly 2 classes, got {len(self.classes)}"
+            )
         if self.mask_encoding == "palette":
             if not self.palette:
-                raise ValueError("mask_encoding 'palette' needs data.palette: {class name: [r, g, b]}")
+                raise ValueError(
+                    "mask_encoding 'palette' needs data.palette: {class name: [r, g, b]}"
+                )
             missing = [c for c in self.classes if c not in self.palette]
             if missing:
                 raise ValueError(f"data.palette has no colour for classes {missing}")
         if self.palette:
             unknown = [c for c in self.palette if c not in self.classes]
             if unknown:
-                raise ValueError(f"data.palette names {unknown}, which are not in classes {self.classes}")
+                raise ValueError(
+                    f"data.palette names {unknown}, which are not in classes {self.classes}"
+                )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.in_channels:
-                raise ValueError(f"data.{name} has {len(value)} values but in_channels is {self.in_channels}")
+                raise ValueError(
+                    f"data.{name} has {len(value)} values but in_channels is {self.in_channels}"
+                )
         return self
 
     @property
@@ -96,24 +153,42 @@ class AugmentConfig(_Section):
     hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")
     vflip: float = Field(0.5, ge=0, le=1, description="Probability of a vertical flip.")
     rotate90: float = Field(0.5, ge=0, le=1, description="Probability of a random 90° rotation.")
-    color_jitter: float = Field(0.3, ge=0, le=1, description="Probability of mild brightness/contrast jitter.")
-    scale: tuple[float, float] | None = Field(None, description="Random rescale range, e.g. [0.75, 1.25]; null disables it.")
+    color_jitter: float = Field(
+        0.3, ge=0, le=1, description="Probability of mild brightness/contrast jitter."
+    )
+    scale: tuple[float, float] | None = Field(
+        None, description="Random rescale range, e.g. [0.75, 1.25]; null disables it."
+    )
 
 
 class ModelConfig(_Section):
     """Any segmentation-models-pytorch architecture and encoder."""
 
-    arch: str = Field("Unet", description="smp architecture name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Segformer, ...).")
-    encoder: str = Field("resnet34", description="smp encoder name (resnet18, resnet34, efficientnet-b0, mit_b0, tu-* timm encoders, ...).")
-    encoder_weights: str | None = Field("imagenet", description="'imagenet' (downloaded), null (random init) or a path to a local weights file.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for smp.create_model (e.g. decoder_channels).")
+    arch: str = Field(
+        "Unet",
+        description="smp architecture name (Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Segformer, ...).",
+    )
+    encoder: str = Field(
+        "resnet34",
+        description="smp encoder name (resnet18, resnet34, efficientnet-b0, mit_b0, tu-* timm encoders, ...).",
+    )
+    encoder_weights: str | None = Field(
+        "imagenet",
+        description="'imagenet' (downloaded), null (random init) or a path to a local weights file.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for smp.create_model (e.g. decoder_channels).",
+    )
 
 
 class LossConfig(_Section):
     """Weights of the smp losses summed into the training loss; 0 disables a term."""
 
     dice: float = Field(1.0, ge=0, description="Dice loss weight.")
-    ce: float = Field(1.0, ge=0, description="Cross-entropy weight (soft BCE for single-output binary models).")
+    ce: float = Field(
+        1.0, ge=0, description="Cross-entropy weight (soft BCE for single-output binary models)."
+    )
     focal: float = Field(0.0, ge=0, description="Focal loss weight.")
     lovasz: float = Field(0.0, ge=0, description="Lovasz hinge/softmax weight.")
     tversky: float = Field(0.0, ge=0, description="Tversky loss weight.")
@@ -138,10 +213,14 @@ class OptimizerConfig(_Section):
 class SchedulerConfig(_Section):
     """Learning-rate schedule, stepped every optimiser step."""
 
-    name: Literal["cosine", "poly", "constant"] = Field("cosine", description="cosine decay, poly (power `power`) decay, or constant.")
+    name: Literal["cosine", "poly", "constant"] = Field(
+        "cosine", description="cosine decay, poly (power `power`) decay, or constant."
+    )
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length in epochs.")
     power: float = Field(0.9, gt=0, description="Exponent of the poly schedule.")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of `optimizer.lr`.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Final learning rate as a fraction of `optimizer.lr`."
+    )
 
 
 class TrainerConfig(BaseModel):
@@ -150,9 +229,14 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     max_epochs: int = Field(50, ge=1, description="Training epochs.")
-    precision: str = Field("auto", description="'auto' = bf16-mixed on bf16 GPUs, 16-mixed on older GPUs, 32 on CPU; or any Lightning precision.")
+    precision: str = Field(
+        "auto",
+        description="'auto' = bf16-mixed on bf16 GPUs, 16-mixed on older GPUs, 32 on CPU; or any Lightning precision.",
+    )
     accelerator: str = Field("auto", description="cpu, gpu, auto ...")
-    devices: int | str | list[int] = Field("auto", description="Number of devices or ids; >1 uses DDP.")
+    devices: int | str | list[int] = Field(
+        "auto", description="Number of devices or ids; >1 uses DDP."
+    )
     strategy: str = Field("auto", description="auto, ddp, ddp_spawn, ...")
     log_every_n_steps: int = Field(10, ge=1, description="Logging interval in steps.")
 
@@ -167,19 +251,36 @@ class RunConfig(_Section):
     """Where a run writes and how it starts."""
 
     dir: Path = Field(Path("runs"), description="Parent folder of runs.")
-    name: str | None = Field(None, description="Run folder name; default: the config file stem (or 'run'), numbered if it exists.")
+    name: str | None = Field(
+        None,
+        description="Run folder name; default: the config file stem (or 'run'), numbered if it exists.",
+    )
     seed: int = Field(0, description="Seed for splits, augmentation and init.")
-    resume: str | None = Field(None, description="'last' resumes <run>/last.ckpt; or a checkpoint path.")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many validations without val mIoU improving; null disables.")
-    val_preview_images: int = Field(4, ge=0, description="Validation images drawn into the per-epoch preview PNG (image | truth | prediction).")
+    resume: str | None = Field(
+        None, description="'last' resumes <run>/last.ckpt; or a checkpoint path."
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many validations without val mIoU improving; null disables.",
+    )
+    val_preview_images: int = Field(
+        4,
+        ge=0,
+        description="Validation images drawn into the per-epoch preview PNG (image | truth | prediction).",
+    )
 
 
 class PredictConfig(_Section):
     """Inference defaults stored in the bundle; predict options override them."""
 
     tile: int | None = Field(None, ge=16, description="Tile size; null = the training patch_size.")
-    overlap: float = Field(0.25, ge=0, description="Tile overlap: a fraction (< 1) of the tile, or pixels (>= 1).")
-    blend: Literal["constant", "gaussian", "cosine"] = Field("gaussian", description="Blend window of overlapping tiles.")
+    overlap: float = Field(
+        0.25, ge=0, description="Tile overlap: a fraction (< 1) of the tile, or pixels (>= 1)."
+    )
+    blend: Literal["constant", "gaussian", "cosine"] = Field(
+        "gaussian", description="Blend window of overlapping tiles."
+    )
     tta: Literal["none", "flip", "d4"] = Field("none", description="Test-time augmentation.")
     batch_size: int = Field(8, ge=1, description="Tiles per forward pass.")
 
@@ -287,7 +388,9 @@ def _check_unknown(data: dict[str, Any], source: str) -> None:
             continue
         sub = SegkitConfig.model_fields[section].annotation
         if isinstance(body, dict) and isinstance(sub, type):
-            allowed = set(sub.model_fields) | (set(_trainer_arguments()) if sub is TrainerConfig else set())
+            allowed = set(sub.model_fields) | (
+                set(_trainer_arguments()) if sub is TrainerConfig else set()
+            )
             unknown.extend(f"{section}.{key}" for key in body if key not in allowed)
     if unknown:
         raise ConfigError(f"{source}: " + "; ".join(_unknown_key_message(k) for k in unknown))
@@ -320,7 +423,9 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (data:, model:, ...), got {type(loaded).__name__}"
+            )
         data = _resolve_paths(loaded, path.parent)
     if overrides:
         data = _deep_merge(data, parse_overrides(overrides))
@@ -337,12 +442,19 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         body = (data.get("data") or {}).get(split)
         if isinstance(body, dict):
             for key in ("images", "masks"):
-                if isinstance(body.get(key), str) and not Path(body[key]).expanduser().is_absolute():
+                if (
+                    isinstance(body.get(key), str)
+                    and not Path(body[key]).expanduser().is_absolute()
+                ):
                     body[key] = str((base / body[key]).resolve())
                 elif isinstance(body.get(key), str):
                     body[key] = str(Path(body[key]).expanduser())
     weights = (data.get("model") or {}).get("encoder_weights")
-    if isinstance(weights, str) and weights not in ("imagenet",) and ("/" in weights or weights.endswith((".pth", ".pt", ".safetensors", ".bin"))):
+    if (
+        isinstance(weights, str)
+        and weights not in ("imagenet",)
+        and ("/" in weights or weights.endswith((".pth", ".pt", ".safetensors", ".bin")))
+    ):
         p = Path(weights).expanduser()
         data["model"]["encoder_weights"] = str(p if p.is_absolute() else (base / p).resolve())
     return data
@@ -363,5 +475,7 @@ def config_reference() -> list[tuple[str, str, str]]:
         assert isinstance(section, type) and issubclass(section, BaseModel)
         for key, sub in section.model_fields.items():
             default = sub.default if sub.default_factory is None else sub.default_factory()
-            rows.append((f"{section_name}.{key}", json.dumps(default, default=str), sub.description or ""))
+            rows.append(
+                (f"{section_name}.{key}", json.dumps(default, default=str), sub.description or "")
+            )
     return rows

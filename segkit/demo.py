@@ -41,14 +41,26 @@ def demo_config(root: Path, data: dict[str, Any], epochs: int) -> SegkitConfig:
             "model": DEMO_MODEL,
             "optimizer": {"lr": 3e-3},
             "scheduler": {"name": "cosine", "warmup_epochs": 1},
-            "trainer": {"max_epochs": epochs, "accelerator": "auto", "devices": 1, "log_every_n_steps": 5},
-            "run": {"dir": str(root / "runs"), "name": "shapes", "seed": 0, "val_preview_images": 4},
+            "trainer": {
+                "max_epochs": epochs,
+                "accelerator": "auto",
+                "devices": 1,
+                "log_every_n_steps": 5,
+            },
+            "run": {
+                "dir": str(root / "runs"),
+                "name": "shapes",
+                "seed": 0,
+                "val_preview_images": 4,
+            },
             "predict": {"tile": 128, "overlap": 0.25, "blend": "gaussian", "batch_size": 8},
         }
     )
 
 
-def run_demo(output: str | Path = "segkit-demo", epochs: int | None = None, console: Console | None = None) -> dict[str, Path]:
+def run_demo(
+    output: str | Path = "segkit-demo", epochs: int | None = None, console: Console | None = None
+) -> dict[str, Path]:
     """Run the demo into ``output`` and return the paths it wrote."""
     from segkit.data.checks import check_config_data
     from segkit.data.synthetic import make_shapes_dataset
@@ -66,7 +78,9 @@ def run_demo(output: str | Path = "segkit-demo", epochs: int | None = None, cons
     data = make_shapes_dataset(root / "data", n_train=48, n_val=12, size=128, seed=0)
     big = make_shapes_dataset(root / "data" / "new", n_train=3, n_val=0, size=320, seed=1)
     new_images = Path(big["train_images"])
-    console.print(f"classes {data['classes']}; 48 train + 12 val images of 128x128 in {root / 'data'}")
+    console.print(
+        f"classes {data['classes']}; 48 train + 12 val images of 128x128 in {root / 'data'}"
+    )
 
     console.rule("2/6 check the data")
     config = demo_config(root, data, epochs)
@@ -80,12 +94,18 @@ def run_demo(output: str | Path = "segkit-demo", epochs: int | None = None, cons
 
     console.rule("4/6 evaluate the checkpoint")
     metrics_json = root / "metrics.json"
-    metrics = evaluate(result.best_checkpoint, data["val_images"], data["val_masks"], json_path=metrics_json)
-    console.print(f"val mIoU {metrics.miou:.3f}, pixel accuracy {metrics.pixel_accuracy:.3f} -> {metrics_json}")
+    metrics = evaluate(
+        result.best_checkpoint, data["val_images"], data["val_masks"], json_path=metrics_json
+    )
+    console.print(
+        f"val mIoU {metrics.miou:.3f}, pixel accuracy {metrics.pixel_accuracy:.3f} -> {metrics_json}"
+    )
 
     console.rule("5/6 predict a folder of larger (320x320) images with the tiler")
     pred_dir = root / "predictions"
-    summary = predict_source(result.best_checkpoint, str(new_images), pred_dir, save=["index", "color", "overlay"])
+    summary = predict_source(
+        result.best_checkpoint, str(new_images), pred_dir, save=["index", "color", "overlay"]
+    )
     console.print(summary.describe())
 
     console.rule("6/6 export ONNX (verified) and predict the same folder with onnxruntime")
@@ -94,7 +114,9 @@ def run_demo(output: str | Path = "segkit-demo", epochs: int | None = None, cons
     onnx_dir = root / "predictions-onnx"
     predict_source(onnx_path, str(new_images), onnx_dir, save=["index"])
     agreement = _agreement(pred_dir, onnx_dir)
-    console.print(f"{onnx_path}: max abs difference vs torch {diff:.1e}; ONNX and checkpoint masks agree on {agreement:.4%} of pixels")
+    console.print(
+        f"{onnx_path}: max abs difference vs torch {diff:.1e}; ONNX and checkpoint masks agree on {agreement:.4%} of pixels"
+    )
 
     paths = {
         "dataset": root / "data",

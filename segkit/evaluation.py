@@ -47,23 +47,31 @@ def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
 
         return load_bundle(model_path).config.data
     try:
-        return DataConfig(classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels)
+        return DataConfig(
+            classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels
+        )
     except ValueError as e:
         raise ModelError(f"{model_path}: cannot describe its masks ({e})") from None
 
 
-def _load_pair(image_path: Path, mask_path: Path, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def _load_pair(
+    image_path: Path, mask_path: Path, data: DataConfig
+) -> tuple[np.ndarray, np.ndarray]:
     from segkit.data.io import read_image
     from segkit.data.masks import load_mask
 
     image = read_image(image_path, in_channels=data.in_channels, max_pixels=data.max_image_pixels)
     mask = load_mask(mask_path, data)
     if image.shape[:2] != mask.shape[:2]:
-        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)")
+        raise DataError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)"
+        )
     return image, mask
 
 
-def _prefetched(pairs: Sequence[tuple[Path, Path]], data: DataConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _prefetched(
+    pairs: Sequence[tuple[Path, Path]], data: DataConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Decode the next images in a background thread while the model runs on the current one."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
@@ -81,9 +89,16 @@ def _prefetched(pairs: Sequence[tuple[Path, Path]], data: DataConfig) -> Iterato
 
 
 def evaluate_pairs(
-    model_path: str | Path, pairs: Sequence[tuple[Path, Path]], *, device: str | None = None,
-    json_path: str | Path | None = None, tile: int | None = None, overlap: float | None = None,
-    blend: str | None = None, tta: str | None = None, batch_size: int | None = None,
+    model_path: str | Path,
+    pairs: Sequence[tuple[Path, Path]],
+    *,
+    device: str | None = None,
+    json_path: str | Path | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: str | None = None,
+    batch_size: int | None = None,
 ) -> SegmentationMetrics:
     """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
     from segkit.inference.predictor import Predictor
@@ -91,15 +106,29 @@ def evaluate_pairs(
     model_path = Path(model_path)
     if not pairs:
         raise DataError("no image/mask pairs to evaluate")
-    predictor = Predictor.from_path(model_path, device=device, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size)
+    predictor = Predictor.from_path(
+        model_path,
+        device=device,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        tta=tta,
+        batch_size=batch_size,
+    )
     data = model_data_config(model_path, predictor)
     classes = list(predictor.info.classes)
     if len(classes) != data.num_classes:
-        raise ModelError(f"{model_path}: the model has {len(classes)} classes but its data config lists {data.num_classes}")
-    confusion = ConfusionMatrix(len(classes), ignore_index=data.ignore_index, sync=False)  # may run on rank 0 only
+        raise ModelError(
+            f"{model_path}: the model has {len(classes)} classes but its data config lists {data.num_classes}"
+        )
+    confusion = ConfusionMatrix(
+        len(classes), ignore_index=data.ignore_index, sync=False
+    )  # may run on rank 0 only
     for image, mask in _prefetched(pairs, data):
         pred = predictor.predict(image)
-        confusion.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64)))
+        confusion.update(
+            torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+        )
     metrics = SegmentationMetrics(confusion.compute().numpy(), classes)
     if json_path is not None:
         payload = {"model": str(model_path), "images": len(pairs), **metrics.to_dict()}
@@ -111,9 +140,16 @@ def evaluate_pairs(
 
 
 def evaluate(
-    model_path: str | Path, images: str | Path, masks: str | Path, device: str | None = None,
-    json_path: str | Path | None = None, tile: int | None = None, overlap: float | None = None,
-    blend: str | None = None, tta: str | None = None, batch_size: int | None = None,
+    model_path: str | Path,
+    images: str | Path,
+    masks: str | Path,
+    device: str | None = None,
+    json_path: str | Path | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: str | None = None,
+    batch_size: int | None = None,
 ) -> SegmentationMetrics:
     """Per-class IoU/Dice/precision/recall of a ``.ckpt`` or ``.onnx`` model on a folder pair.
 
@@ -124,6 +160,13 @@ def evaluate(
 
     pairs = find_pairs(Path(images), Path(masks))
     return evaluate_pairs(
-        model_path, pairs, device=device, json_path=json_path, tile=tile, overlap=overlap,
-        blend=blend, tta=tta, batch_size=batch_size,
+        model_path,
+        pairs,
+        device=device,
+        json_path=json_path,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        tta=tta,
+        batch_size=batch_size,
     )

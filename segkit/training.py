@@ -56,7 +56,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     killed run can leave a truncated ``last.ckpt``. Remote URLs keep Lightning's behaviour.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(Path(path)) as tmp:
@@ -105,10 +107,20 @@ class ResumableCSVLogger(CSVLogger):
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         kept: list[dict[str, str]] = []
         if self._resume_from is not None and path.is_file():
-            step = int(torch.load(self._resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+            step = int(
+                torch.load(self._resume_from, map_location="cpu", weights_only=True, mmap=True)[
+                    "global_step"
+                ]
+            )
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)  # a row cut short by a kill has None fields: dropped
-                kept = [r for r in reader if None not in r.values() and (r.get("step") or "").isdigit() and int(r["step"]) < step]
+                kept = [
+                    r
+                    for r in reader
+                    if None not in r.values()
+                    and (r.get("step") or "").isdigit()
+                    and int(r["step"]) < step
+                ]
         self._fs.makedirs(self.root_dir, exist_ok=True)
         self._experiment = _AtomicExperimentWriter(log_dir=self.log_dir)  # deletes metrics.csv
         if kept:
@@ -168,42 +180,75 @@ def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
         return None
     path = run_dir / "last.ckpt" if resume == "last" else Path(resume).expanduser()
     if not path.is_file():
-        raise ConfigError(f"run.resume={resume}: checkpoint {path} not found (set run.name to the run folder to resume)")
+        raise ConfigError(
+            f"run.resume={resume}: checkpoint {path} not found (set run.name to the run folder to resume)"
+        )
     from segkit.bundle import load_bundle
 
     stored = load_bundle(path).config
     for key in ("model.arch", "model.encoder", "model.kwargs", "data.classes", "data.in_channels"):
         section, field = key.split(".")
-        old, new = getattr(getattr(stored, section), field), getattr(getattr(config, section), field)
+        old, new = (
+            getattr(getattr(stored, section), field),
+            getattr(getattr(config, section), field),
+        )
         if old != new:
-            raise ConfigError(f"run.resume: {path} was trained with {key}={old!r}, but the config now says {new!r}")
+            raise ConfigError(
+                f"run.resume: {path} was trained with {key}={old!r}, but the config now says {new!r}"
+            )
     return path
 
 
-def build_trainer(config: SegkitConfig, run_dir: Path, resume_from: Path | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    config: SegkitConfig, run_dir: Path, resume_from: Path | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks.
 
     ``resume_from``: the checkpoint a resumed run starts from (its metrics.csv history is kept).
     """
     kwargs = {k: v for k, v in config.trainer.model_dump().items() if v is not None}
-    kwargs["precision"] = resolve_precision(str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto")))
+    kwargs["precision"] = resolve_precision(
+        str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto"))
+    )
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir, filename="best", monitor=MONITOR, mode="max", save_top_k=1, save_last=True,
-        auto_insert_metric_name=False, enable_version_counter=False,
+        dirpath=run_dir,
+        filename="best",
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
     if config.run.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=config.run.early_stopping_patience, check_finite=False))
+        callbacks.append(
+            EarlyStopping(
+                monitor=MONITOR,
+                mode="max",
+                patience=config.run.early_stopping_patience,
+                check_finite=False,
+            )
+        )
     if kwargs.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps)))
+        callbacks.append(
+            RichProgressBar()
+            if sys.stdout.isatty()
+            else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps))
+        )
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:
-        loggers = [ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+        loggers = [
+            ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from),
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        ]
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
     kwargs.pop("default_root_dir", None)
-    trainer = L.Trainer(**kwargs, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=run_dir)
+    trainer = L.Trainer(
+        **kwargs, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=run_dir
+    )
     return trainer, checkpoint
 
 
@@ -230,7 +275,9 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
     datamodule = SegmentationDataModule(config, stride=int(module.hparams["stride"]))
     datamodule.setup("fit")
     if not datamodule.val_pairs:
-        raise ConfigError("no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train")
+        raise ConfigError(
+            "no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train"
+        )
     if not spawned:
         run_dir.mkdir(parents=True, exist_ok=True)
         if ckpt_path is not None:
@@ -239,8 +286,12 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
         os.environ[_RUN_DIR_ENV] = str(run_dir)
     trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path)
     with warnings.catch_warnings():  # config.yaml is there on purpose
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists")  # ResumableCSVLogger keeps them
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty"
+        )
+        warnings.filterwarnings(
+            "ignore", message=r"Experiment logs directory .* exists"
+        )  # ResumableCSVLogger keeps them
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     last = run_dir / "last.ckpt"
@@ -248,7 +299,14 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
     payload = None
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
-        metrics = evaluate_pairs(best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json")
+        metrics = evaluate_pairs(
+            best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json"
+        )
         payload = metrics.to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)
-    return TrainResult(run_dir=run_dir, best_checkpoint=best, last_checkpoint=last, metrics=SegmentationMetrics.from_dict(payload))
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best,
+        last_checkpoint=last,
+        metrics=SegmentationMetrics.from_dict(payload),
+    )

@@ -29,7 +29,11 @@ def test_unknown_config_key_is_one_line_and_exit_2(tmp_path, capsys):
     cfg.write_text("trainer: {max_epochs: 1}\n")
     assert main(["train", str(cfg), "trainer.max_epoch=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "did you mean trainer.max_epochs" in err[0] and err[0].startswith("error: ")
+    assert (
+        len(err) == 1
+        and "did you mean trainer.max_epochs" in err[0]
+        and err[0].startswith("error: ")
+    )
 
 
 def test_print_config_shows_the_resolved_config(tmp_path, capsys):
@@ -46,8 +50,14 @@ def test_missing_config_file_is_exit_2(tmp_path, capsys):
 
 
 def test_the_console_script_runs_as_a_subprocess(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "segkit", "train", str(tmp_path / "x.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "segkit", "train", str(tmp_path / "x.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'x.yaml'}: config file not found"
-    version = subprocess.run([sys.executable, "-m", "segkit", "--version"], capture_output=True, text=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "segkit", "--version"], capture_output=True, text=True
+    )
     assert version.stdout.startswith("segkit ")

@@ -11,7 +11,11 @@ from segkit.errors import ConfigError
 
 def test_defaults_match_the_contract():
     c = load_config()
-    assert (c.model.arch, c.model.encoder, c.model.encoder_weights) == ("Unet", "resnet34", "imagenet")
+    assert (c.model.arch, c.model.encoder, c.model.encoder_weights) == (
+        "Unet",
+        "resnet34",
+        "imagenet",
+    )
     assert c.data.ignore_index == 255 and c.data.mask_encoding == "index"
     assert c.trainer.precision == "auto" and c.predict.blend == "gaussian"
     assert c.data.resolved_mean() == pytest.approx([0.485, 0.456, 0.406])
@@ -19,7 +23,9 @@ def test_defaults_match_the_contract():
 
 def test_precedence_defaults_yaml_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"max_epochs": 7}, "model": {"encoder": "resnet18"}}))
+    path.write_text(
+        yaml.safe_dump({"trainer": {"max_epochs": 7}, "model": {"encoder": "resnet18"}})
+    )
     c = load_config(path, ["trainer.max_epochs=3"])
     assert c.trainer.max_epochs == 3  # CLI beats YAML
     assert c.model.encoder == "resnet18"  # YAML beats defaults
@@ -80,14 +86,26 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    c = load_config(None, ["data.classes=[bg, cell, edge]", "data.palette={bg: [0,0,0], cell: [255,0,0], edge: [0,255,0]}"])
+    c = load_config(
+        None,
+        [
+            "data.classes=[bg, cell, edge]",
+            "data.palette={bg: [0,0,0], cell: [255,0,0], edge: [0,255,0]}",
+        ],
+    )
     save_config(c, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == c
 
 
 def test_config_reference_covers_every_key():
     keys = {row[0] for row in config_reference()}
-    assert {"data.classes", "model.encoder_weights", "trainer.precision", "predict.tile", "run.resume"} <= keys
+    assert {
+        "data.classes",
+        "model.encoder_weights",
+        "trainer.precision",
+        "predict.tile",
+        "run.resume",
+    } <= keys
     assert all(desc for _, _, desc in config_reference())
 
 

@@ -13,7 +13,13 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 def test_there_are_examples_for_each_documented_case():
     names = {p.stem for p in CONFIGS}
-    assert {"binary_membrane", "multiclass_void", "palette_rgb", "large_images", "ddp_multi_gpu"} <= names
+    assert {
+        "binary_membrane",
+        "multiclass_void",
+        "palette_rgb",
+        "large_images",
+        "ddp_multi_gpu",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -53,5 +59,7 @@ def test_example_config_builds_its_model_loss_and_augmentation(path):
     loss.backward()
     assert torch.isfinite(loss)
     image = np.random.default_rng(0).random((80, 72, data.in_channels), dtype=np.float32)
-    out = build_transforms(config, "train", stride=stride)(image=image, mask=np.zeros((80, 72), np.uint8))
+    out = build_transforms(config, "train", stride=stride)(
+        image=image, mask=np.zeros((80, 72), np.uint8)
+    )
     assert tuple(out["image"].shape) == (data.in_channels, 64, 64)

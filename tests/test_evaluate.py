@@ -37,7 +37,13 @@ class EchoPredictor:
     def __init__(self, path: Path) -> None:
         bundle = load_bundle(path)
         self.backend = SimpleNamespace(bundle=bundle)
-        self.info = ModelInfo(classes=bundle.classes, colors=bundle.colors, in_channels=3, mean=bundle.mean, std=bundle.std)
+        self.info = ModelInfo(
+            classes=bundle.classes,
+            colors=bundle.colors,
+            in_channels=3,
+            mean=bundle.mean,
+            std=bundle.std,
+        )
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return (image[..., 0] // 100).astype(np.uint8)
@@ -50,7 +56,9 @@ def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, pale
     image[..., 0] = pred * 100
     Image.fromarray(image).save(root / "images" / f"{name}.png")
     if palette:
-        rgb = np.full((*truth.shape, 3), 255, np.uint8)  # white = not a class colour (only for ignore below)
+        rgb = np.full(
+            (*truth.shape, 3), 255, np.uint8
+        )  # white = not a class colour (only for ignore below)
         for i, c in enumerate(CLASSES):
             rgb[truth == i] = PALETTE[c]
         Image.fromarray(rgb).save(root / "masks" / f"{name}.png")
@@ -63,10 +71,16 @@ def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_p
     from segkit.inference import predictor as predictor_module
 
     model = _bundle(tmp_path, mask_encoding="palette", palette=PALETTE)
-    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    monkeypatch.setattr(
+        predictor_module.Predictor,
+        "from_path",
+        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
+    )
     data = tmp_path / "val"
     # image a: 2x3; image b: 2x2 (different sizes are fine)
-    _write_pair(data, "a", np.array([[0, 0, 1], [1, 2, 0]]), np.array([[0, 1, 1], [1, 0, 0]]), palette=True)
+    _write_pair(
+        data, "a", np.array([[0, 0, 1], [1, 2, 0]]), np.array([[0, 1, 1], [1, 0, 0]]), palette=True
+    )
     _write_pair(data, "b", np.array([[0, 1], [0, 0]]), np.array([[0, 1], [0, 1]]), palette=True)
     out = tmp_path / "report" / "metrics.json"
     metrics = evaluate(model, data / "images", data / "masks", json_path=out)
@@ -83,9 +97,15 @@ def test_ignore_index_pixels_are_not_counted(tmp_path, monkeypatch):
     from segkit.inference import predictor as predictor_module
 
     model = _bundle(tmp_path)
-    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    monkeypatch.setattr(
+        predictor_module.Predictor,
+        "from_path",
+        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
+    )
     data = tmp_path / "val"
-    _write_pair(data, "a", np.array([[1, 2], [2, 2]]), np.array([[1, IGNORE], [IGNORE, 2]]), palette=False)
+    _write_pair(
+        data, "a", np.array([[1, 2], [2, 2]]), np.array([[1, IGNORE], [IGNORE, 2]]), palette=False
+    )
     metrics = evaluate(model, data / "images", data / "masks")
     assert metrics.total_pixels == 2
     assert metrics.pixel_accuracy == 1.0
@@ -95,7 +115,11 @@ def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
     from segkit.inference import predictor as predictor_module
 
     model = _bundle(tmp_path)
-    monkeypatch.setattr(predictor_module.Predictor, "from_path", classmethod(lambda cls, path, **kw: EchoPredictor(path)))
+    monkeypatch.setattr(
+        predictor_module.Predictor,
+        "from_path",
+        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
+    )
     data = tmp_path / "val"
     _write_pair(data, "a", np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64), palette=False)
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(data / "masks" / "a.png")
@@ -110,7 +134,9 @@ def real_pairs(tmp_path):
     d = make_shapes_dataset(tmp_path / "data", n_train=0, n_val=2, size=50, seed=1)
     config = load_config({"data": {"classes": d["classes"], "patch_size": 32}, "model": TINY_MODEL})
     torch.manual_seed(0)
-    path = save_bundle(tmp_path / "shapes.ckpt", config, build_model(config.model, len(d["classes"]), 3))
+    path = save_bundle(
+        tmp_path / "shapes.ckpt", config, build_model(config.model, len(d["classes"]), 3)
+    )
     return path, d["val_images"], d["val_masks"]
 
 
@@ -118,10 +144,28 @@ def test_real_predictor_and_cli(real_pairs, tmp_path):
     from segkit.cli import main
 
     model, images, masks = real_pairs
-    metrics = evaluate(model, images, masks, device="cpu", tile=32, overlap=0.25)  # tiled, like predict
+    metrics = evaluate(
+        model, images, masks, device="cpu", tile=32, overlap=0.25
+    )  # tiled, like predict
     assert metrics.total_pixels == 2 * 50 * 50
     out = tmp_path / "m.json"
-    assert main(["evaluate", str(model), "--images", str(images), "--masks", str(masks), "--json", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(model),
+                "--images",
+                str(images),
+                "--masks",
+                str(masks),
+                "--json",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["total_pixels"] == 2 * 50 * 50
 
 

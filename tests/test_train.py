@@ -30,7 +30,12 @@ from segkit.training import (
 from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
+QUIET = {
+    "accelerator": "cpu",
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,
+}
 
 
 def _config(data: dict, runs: Path, **sections) -> dict:
@@ -38,7 +43,10 @@ def _config(data: dict, runs: Path, **sections) -> dict:
         "data": {
             "train": {"images": str(data["train_images"]), "masks": str(data["train_masks"])},
             "val": {"images": str(data["val_images"]), "masks": str(data["val_masks"])},
-            "classes": data["classes"], "patch_size": 64, "batch_size": 4, "num_workers": 0,
+            "classes": data["classes"],
+            "patch_size": 64,
+            "batch_size": 4,
+            "num_workers": 0,
         },
         "model": TINY_MODEL,
         "optimizer": {"lr": 0.01},
@@ -56,7 +64,9 @@ def trained(tmp_path_factory):
     """One short run on the synthetic shapes set, shared by the tests that inspect its results."""
     root = tmp_path_factory.mktemp("train")
     data = make_shapes_dataset(root / "data", n_train=16, n_val=4, size=64, seed=0)
-    config = load_config(_config(data, root / "runs", trainer={"max_epochs": 5}, run={"val_preview_images": 2}))
+    config = load_config(
+        _config(data, root / "runs", trainer={"max_epochs": 5}, run={"val_preview_images": 2})
+    )
     result = train(config, config_path=Path("shapes.yaml"))
     return config, result
 
@@ -65,7 +75,9 @@ def test_training_beats_the_initial_model(trained, tmp_path):
     from segkit.evaluation import evaluate
 
     config, result = trained
-    L.seed_everything(config.run.seed, workers=True, verbose=False)  # the same initial weights train() drew
+    L.seed_everything(
+        config.run.seed, workers=True, verbose=False
+    )  # the same initial weights train() drew
     initial = save_bundle(tmp_path / "init.ckpt", config, SegmentationModule(config).model)
     before = evaluate(initial, config.data.val.images, config.data.val.masks, device="cpu")
     after = result.metrics
@@ -82,7 +94,9 @@ def test_run_folder_holds_everything(trained):
     assert load_config(yaml.safe_load((run / "config.yaml").read_text())) == config
     stored = json.loads((run / "metrics.json").read_text())
     assert stored["mIoU"] == pytest.approx(result.metrics.miou)
-    assert sorted(p.name for p in (run / "previews").iterdir()) == [f"epoch_{i:03d}.png" for i in range(5)]
+    assert sorted(p.name for p in (run / "previews").iterdir()) == [
+        f"epoch_{i:03d}.png" for i in range(5)
+    ]
     assert (run / "logs" / "metrics.csv").is_file() and any((run / "tensorboard").iterdir())
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
 
@@ -92,7 +106,9 @@ def test_best_checkpoint_is_a_safe_bundle_with_identical_logits(trained):
     raw = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
     assert raw["hyper_parameters"]["classes"] == ["background", "circle", "rectangle", "triangle"]
     x = torch.randn(1, 3, 64, 96)
-    module = SegmentationModule.load_from_checkpoint(result.best_checkpoint, map_location="cpu", weights_only=True).eval()
+    module = SegmentationModule.load_from_checkpoint(
+        result.best_checkpoint, map_location="cpu", weights_only=True
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(load_bundle(result.best_checkpoint).build_model()(x), module(x))
 
@@ -117,7 +133,12 @@ def _steps(path: Path) -> tuple[int, int, int]:
 
 def test_resume_continues_step_optimizer_and_schedule(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=2, size=64)  # 2 steps per epoch
-    base = _config(data, tmp_path / "runs", run={"name": "r", "val_preview_images": 0}, trainer={"logger": False})
+    base = _config(
+        data,
+        tmp_path / "runs",
+        run={"name": "r", "val_preview_images": 0},
+        trainer={"logger": False},
+    )
     first = train(load_config(base, ["trainer.max_epochs=2"]))
     assert _steps(first.last_checkpoint) == (4, 4, 4)
 
@@ -133,7 +154,9 @@ def test_resume_continues_step_optimizer_and_schedule(tmp_path):
 
 def test_resume_without_a_checkpoint_is_a_config_error(tmp_path):
     config = load_config({"run": {"dir": str(tmp_path), "name": "nothing", "resume": "last"}})
-    with pytest.raises(ConfigError, match=r"run.resume=last: checkpoint .*nothing/last.ckpt not found"):
+    with pytest.raises(
+        ConfigError, match=r"run.resume=last: checkpoint .*nothing/last.ckpt not found"
+    ):
         train(config)
 
 
@@ -149,27 +172,47 @@ def test_run_folders_are_numbered(tmp_path):
     assert resolve_run_dir(resuming) == tmp_path / "membrane"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("{}")
-    from_path = load_config({"run": {"dir": str(tmp_path), "resume": str(tmp_path / "other" / "last.ckpt")}})
-    assert resolve_run_dir(from_path) == tmp_path / "other"  # a checkpoint path continues in its own run
+    from_path = load_config(
+        {"run": {"dir": str(tmp_path), "resume": str(tmp_path / "other" / "last.ckpt")}}
+    )
+    assert (
+        resolve_run_dir(from_path) == tmp_path / "other"
+    )  # a checkpoint path continues in its own run
 
 
 def test_trainer_gets_every_trainer_key_and_segkit_callbacks(tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    config = load_config({
-        "trainer": {"accelerator": "cpu", "max_epochs": 3, "limit_train_batches": 3, "gradient_clip_val": 0.5,
-                    "accumulate_grad_batches": 2, "enable_progress_bar": False},
-        "run": {"early_stopping_patience": 2},
-    })
+    config = load_config(
+        {
+            "trainer": {
+                "accelerator": "cpu",
+                "max_epochs": 3,
+                "limit_train_batches": 3,
+                "gradient_clip_val": 0.5,
+                "accumulate_grad_batches": 2,
+                "enable_progress_bar": False,
+            },
+            "run": {"early_stopping_patience": 2},
+        }
+    )
     trainer, checkpoint = build_trainer(config, tmp_path)
-    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.gradient_clip_val, trainer.accumulate_grad_batches) == (3, 3, 0.5, 2)
+    assert (
+        trainer.max_epochs,
+        trainer.limit_train_batches,
+        trainer.gradient_clip_val,
+        trainer.accumulate_grad_batches,
+    ) == (3, 3, 0.5, 2)
     assert trainer.precision == "32-true"  # 'auto' on CPU
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert checkpoint.monitor == "val/mIoU" and checkpoint.mode == "max" and checkpoint.save_last
     stopper = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
     assert stopper.patience == 2 and stopper.monitor == "val/mIoU"
     assert isinstance(trainer.checkpoint_callback, ModelCheckpoint)
-    assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger", "TensorBoardLogger"]
+    assert [type(lg).__name__ for lg in trainer.loggers] == [
+        "ResumableCSVLogger",
+        "TensorBoardLogger",
+    ]
     assert Path(trainer.default_root_dir) == tmp_path
 
 
@@ -237,7 +280,9 @@ rank = os.environ.get("LOCAL_RANK", "0")
 def test_ddp_on_two_cpu_processes_reduces_the_confusion_matrix(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=4, size=64)
     cfg = _config(
-        data, tmp_path / "runs", run={"name": "ddp", "val_preview_images": 1},
+        data,
+        tmp_path / "runs",
+        run={"name": "ddp", "val_preview_images": 1},
         trainer={"strategy": "ddp", "devices": 2, "max_epochs": 1, "num_sanity_val_steps": 0},
     )
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -246,7 +291,14 @@ def test_ddp_on_two_cpu_processes_reduces_the_confusion_matrix(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SEGKIT_RUN_DIR"):
         env.pop(var, None)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     total = 4 * 64 * 64

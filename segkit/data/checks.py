@@ -49,7 +49,9 @@ class DataReport:
         from rich.text import Text
 
         status = "[green]ok[/green]" if self.ok else f"[red]{len(self.problems)} problem(s)[/red]"
-        summary = Table(title=f"check-data: {self.name} — {status}", show_header=False, title_justify="left")
+        summary = Table(
+            title=f"check-data: {self.name} — {status}", show_header=False, title_justify="left"
+        )
         summary.add_column(style="bold")
         summary.add_column()
         summary.add_row("images", f"{self.n_images}  ({self.images_dir})")
@@ -65,9 +67,17 @@ class DataReport:
             rows = [*self.class_pixels.items(), ("(ignored)", self.ignored_pixels)]
             for name, count in rows:
                 share = f"{100 * count / total:.2f}%" if total else "—"
-                hist.add_row(name, f"{count:,}", share, style="yellow" if count == 0 and name != "(ignored)" else None)
+                hist.add_row(
+                    name,
+                    f"{count:,}",
+                    share,
+                    style="yellow" if count == 0 and name != "(ignored)" else None,
+                )
             parts.append(hist)
-        for title, lines, style in (("problems", self.problems, "red"), ("warnings", self.warnings, "yellow")):
+        for title, lines, style in (
+            ("problems", self.problems, "red"),
+            ("warnings", self.warnings, "yellow"),
+        ):
             if lines:
                 parts.append(Text(f"{title}:", style=f"bold {style}"))
                 parts.extend(Text(f"  {line}", style=style) for line in _clip(lines))
@@ -137,7 +147,12 @@ def check_folders(images: Path, masks: Path, data: DataConfig, name: str = "data
 
     report.class_pixels = {c: int(n) for c, n in zip(data.classes, counts, strict=True)}
     if lossy:
-        report.warnings.append(_grouped(lossy, "mask is JPEG, a lossy format: edges get values that are no class (save masks as PNG)"))
+        report.warnings.append(
+            _grouped(
+                lossy,
+                "mask is JPEG, a lossy format: edges get values that are no class (save masks as PNG)",
+            )
+        )
     if alpha:
         report.warnings.append(_grouped(alpha, "image has an alpha channel, which is dropped"))
     if report.n_pairs and not report.problems:
@@ -152,7 +167,9 @@ def _grouped(paths: list[Path], message: str) -> str:
     return f"{paths[0]}: {message}{more}"
 
 
-def _check_image(path: Path, data: DataConfig, report: DataReport, alpha: list[Path]) -> tuple[int, int] | None:
+def _check_image(
+    path: Path, data: DataConfig, report: DataReport, alpha: list[Path]
+) -> tuple[int, int] | None:
     """Fully decode the image (catches truncation); return its ``(H, W)`` or None on a problem."""
     try:
         header = read_header(path, data.max_image_pixels)
@@ -182,5 +199,7 @@ def check_or_raise(config: SegkitConfig) -> list[DataReport]:
     problems = [p for r in reports for p in r.problems]
     if problems:
         lines = "\n".join(f"  {p}" for p in _clip(problems))
-        raise DataError(f"{len(problems)} problem(s) in the data (see `segkit check-data CONFIG`):\n{lines}")
+        raise DataError(
+            f"{len(problems)} problem(s) in the data (see `segkit check-data CONFIG`):\n{lines}"
+        )
     return reports

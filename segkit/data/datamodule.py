@@ -15,7 +15,9 @@ from segkit.data.transforms import build_transforms
 from segkit.errors import ConfigError, DataError
 
 
-def split_pairs(pairs: list[tuple[Path, Path]], fraction: float, seed: int) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+def split_pairs(
+    pairs: list[tuple[Path, Path]], fraction: float, seed: int
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
     """A seeded ``(train, val)`` split holding out ``fraction`` of pairs (at least one when > 0).
 
     Depends only on the sorted pairs and the seed, so every run and every DDP rank agrees.
@@ -66,9 +68,15 @@ class SegmentationDataModule(L.LightningDataModule):
         if data.val is not None:
             self.train_pairs, self.val_pairs = pairs, find_pairs(data.val.images, data.val.masks)
         else:
-            self.train_pairs, self.val_pairs = split_pairs(pairs, data.val_fraction, self.config.run.seed)
-        self.train_dataset = SegmentationDataset(self.train_pairs, data, build_transforms(self.config, "train"))
-        self.val_dataset = SegmentationDataset(self.val_pairs, data, build_transforms(self.config, "val", stride=self.stride))
+            self.train_pairs, self.val_pairs = split_pairs(
+                pairs, data.val_fraction, self.config.run.seed
+            )
+        self.train_dataset = SegmentationDataset(
+            self.train_pairs, data, build_transforms(self.config, "train")
+        )
+        self.val_dataset = SegmentationDataset(
+            self.val_pairs, data, build_transforms(self.config, "val", stride=self.stride)
+        )
 
     def _dataloader(self, split: str) -> DataLoader:
         if self.train_dataset is None or self.val_dataset is None:

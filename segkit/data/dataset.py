@@ -57,7 +57,12 @@ class SegmentationDataset(Dataset):
     Without a transform the image is only scaled to [0, 1] (no normalisation).
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], data: DataConfig, transform: Callable[..., dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        data: DataConfig,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
         self.pairs = list(pairs)
         self.data = data
         self.transform = transform
@@ -68,7 +73,9 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The pair as arrays: float32 ``H x W x C`` image in [0, 1] and int64 ``H x W`` mask."""
         image_path, mask_path = self.pairs[index]
-        image = image_to_float(read_image(image_path, self.data.in_channels, self.data.max_image_pixels))
+        image = image_to_float(
+            read_image(image_path, self.data.in_channels, self.data.max_image_pixels)
+        )
         mask = load_mask(mask_path, self.data)
         if image.shape[:2] != mask.shape:
             raise DataError(
@@ -88,4 +95,8 @@ class SegmentationDataset(Dataset):
             }
         # int32 keeps every ignore_index (up to 65535) and is what OpenCV-backed transforms accept.
         out = self.transform(image=image, mask=mask.astype(np.int32))
-        return {"image": out["image"].float(), "mask": torch.as_tensor(out["mask"]).long(), "name": name}
+        return {
+            "image": out["image"].float(),
+            "mask": torch.as_tensor(out["mask"]).long(),
+            "name": name,
+        }

@@ -130,7 +130,9 @@ def _pil_load(path: Path, im: Image.Image) -> Image.Image:
     try:
         im.load()
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, MemoryError) as e:
-        reason = "file is truncated or corrupt" if "truncat" in str(e) else f"corrupt image data ({e})"
+        reason = (
+            "file is truncated or corrupt" if "truncat" in str(e) else f"corrupt image data ({e})"
+        )
         raise DataError(f"{path}: {reason}") from None
     return im
 
@@ -167,7 +169,9 @@ def _read_png16_color(path: Path) -> np.ndarray:
     if array is None:
         raise DataError(f"{path}: file is truncated or corrupt (16-bit PNG)")
     if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        array = cv2.cvtColor(
+            array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        )
     return array
 
 
@@ -213,7 +217,14 @@ def read_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 axes, shape = series.axes, series.shape
-        except (tifffile.TiffFileError, OSError, ValueError, struct.error, EOFError, IndexError) as e:
+        except (
+            tifffile.TiffFileError,
+            OSError,
+            ValueError,
+            struct.error,
+            EOFError,
+            IndexError,
+        ) as e:
             raise DataError(f"{path}: cannot read TIFF ({e})") from None
         if "Y" not in axes or "X" not in axes:
             raise DataError(f"{path}: TIFF has no image plane (axes {axes})")
@@ -259,7 +270,9 @@ def _read_native(path: Path, max_pixels: int | None) -> np.ndarray:
     return array
 
 
-def read_image(path: Path, in_channels: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+def read_image(
+    path: Path, in_channels: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """An image as ``H x W x C`` in its native dtype (uint8, uint16 or float32).
 
     With ``in_channels``, gray is replicated to 3 channels and RGB is reduced to luminance for 1;
@@ -292,12 +305,16 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         if info.min < 0:
-            raise DataError(f"signed integer images ({image.dtype}) are not supported; save them as uint8, uint16 or float")
+            raise DataError(
+                f"signed integer images ({image.dtype}) are not supported; save them as uint8, uint16 or float"
+            )
         return (image.astype(np.float32) / np.float32(info.max)).astype(np.float32, copy=False)
     raise DataError(f"unsupported image dtype {image.dtype}")
 
 
-def read_mask(path: Path, max_pixels: int | None = None, palette_to_rgb: bool = False) -> np.ndarray:
+def read_mask(
+    path: Path, max_pixels: int | None = None, palette_to_rgb: bool = False
+) -> np.ndarray:
     """Raw mask values: ``H x W`` for index/binary masks, ``H x W x 3`` for colour masks.
 
     Palette-mode PNGs give their indices (the Pascal VOC convention: index = class) unless
@@ -337,12 +354,18 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
     suffix = path.suffix.lower()
     array = np.asarray(array)
     if suffix not in IMAGE_SUFFIXES:
-        raise DataError(f"{path}: cannot write '{suffix}' files (use one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(
+            f"{path}: cannot write '{suffix}' files (use one of {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            photometric = "rgb" if array.ndim == 3 and array.shape[2] == 3 and array.dtype in (np.uint8, np.uint16) else "minisblack"
+            photometric = (
+                "rgb"
+                if array.ndim == 3 and array.shape[2] == 3 and array.dtype in (np.uint8, np.uint16)
+                else "minisblack"
+            )
             extra = {"planarconfig": "contig"} if array.ndim == 3 else {}  # H x W x C, not C pages
             tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib", **extra)
             return
@@ -363,8 +386,14 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
             if array.dtype == np.bool_:
                 array = array.astype(np.uint8) * 255
             elif array.dtype not in (np.uint8, np.uint16):
-                if array.size and (array.min() < 0 or array.max() > 65535) or np.issubdtype(array.dtype, np.floating):
-                    raise DataError(f"{path}: cannot write {array.dtype} data as {suffix}; use .tif")
+                if (
+                    array.size
+                    and (array.min() < 0 or array.max() > 65535)
+                    or np.issubdtype(array.dtype, np.floating)
+                ):
+                    raise DataError(
+                        f"{path}: cannot write {array.dtype} data as {suffix}; use .tif"
+                    )
                 array = array.astype(np.uint8 if array.max(initial=0) <= 255 else np.uint16)
             im = Image.fromarray(array)
         fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}[suffix]
@@ -378,7 +407,9 @@ def _write_png16_color(tmp: Path, array: np.ndarray, path: Path) -> None:
     import cv2
 
     if path.suffix.lower() != ".png" or array.shape[2] not in (3, 4):
-        raise DataError(f"{path}: 16-bit colour images can be written as .png (3 or 4 channels) or .tif")
+        raise DataError(
+            f"{path}: 16-bit colour images can be written as .png (3 or 4 channels) or .tif"
+        )
     code = cv2.COLOR_RGBA2BGRA if array.shape[2] == 4 else cv2.COLOR_RGB2BGR
     ok, buf = cv2.imencode(".png", cv2.cvtColor(array, code))
     if not ok:

@@ -44,10 +44,14 @@ def _single_channel(raw: np.ndarray, data: DataConfig, path: Path | None) -> np.
             f"{_where(path)}: mask has colour pixels but data.mask_encoding is '{data.mask_encoding}' "
             "(for colour masks set mask_encoding: palette and data.palette)"
         )
-    raise DataError(f"{_where(path)}: mask has shape {raw.shape}; expected H x W (or H x W x 3 colours)")
+    raise DataError(
+        f"{_where(path)}: mask has shape {raw.shape}; expected H x W (or H x W x 3 colours)"
+    )
 
 
-def _not_classes(path: Path | None, bad: np.ndarray, counts: np.ndarray, data: DataConfig, allowed: str) -> DataError:
+def _not_classes(
+    path: Path | None, bad: np.ndarray, counts: np.ndarray, data: DataConfig, allowed: str
+) -> DataError:
     shown = ", ".join(f"{int(v) if float(v).is_integer() else float(v)}" for v in bad[:_SHOW])
     more = f" and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
     return DataError(
@@ -59,9 +63,15 @@ def _not_classes(path: Path | None, bad: np.ndarray, counts: np.ndarray, data: D
 def _decode_index(raw: np.ndarray, data: DataConfig, path: Path | None) -> np.ndarray:
     mask = _single_channel(raw, data, path)
     values, counts = _unique_counts(mask)
-    bad = (values < 0) | ((values >= data.num_classes) & (values != data.ignore_index)) | (values != np.round(values))
+    bad = (
+        (values < 0)
+        | ((values >= data.num_classes) & (values != data.ignore_index))
+        | (values != np.round(values))
+    )
     if bad.any():
-        raise _not_classes(path, values[bad], counts[bad], data, f"classes 0..{data.num_classes - 1}")
+        raise _not_classes(
+            path, values[bad], counts[bad], data, f"classes 0..{data.num_classes - 1}"
+        )
     return mask.astype(np.int64)
 
 
@@ -99,7 +109,10 @@ def _decode_palette(raw: np.ndarray, data: DataConfig, path: Path | None) -> np.
     assert data.palette is not None  # guaranteed by DataConfig's validator
     rgb = raw[:, :, :3].astype(np.int64)
     codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
-    table = np.array([(c[0] << 16) | (c[1] << 8) | c[2] for c in (data.palette[n] for n in data.classes)], dtype=np.int64)
+    table = np.array(
+        [(c[0] << 16) | (c[1] << 8) | c[2] for c in (data.palette[n] for n in data.classes)],
+        dtype=np.int64,
+    )
     order = np.argsort(table, kind="stable")
     sorted_table = table[order]
     pos = np.clip(np.searchsorted(sorted_table, codes), 0, len(table) - 1)
@@ -107,7 +120,10 @@ def _decode_palette(raw: np.ndarray, data: DataConfig, path: Path | None) -> np.
     if not known.all():
         uniq, counts = np.unique(codes[~known], return_counts=True)
         top = np.argsort(-counts)[:_SHOW]
-        colours = ", ".join(f"({u >> 16}, {(u >> 8) & 255}, {u & 255}): {c} px" for u, c in zip(uniq[top].tolist(), counts[top].tolist(), strict=True))
+        colours = ", ".join(
+            f"({u >> 16}, {(u >> 8) & 255}, {u & 255}): {c} px"
+            for u, c in zip(uniq[top].tolist(), counts[top].tolist(), strict=True)
+        )
         more = f" and {len(uniq) - _SHOW} more" if len(uniq) > _SHOW else ""
         raise DataError(
             f"{_where(path)}: mask colours {colours}{more} are not in data.palette "
@@ -132,7 +148,9 @@ def load_mask(path: Path, data: DataConfig) -> np.ndarray:
     """Read and decode a mask file in one step (palette PNGs give colours only for palette encoding)."""
     from segkit.data.io import read_mask
 
-    raw = read_mask(path, max_pixels=data.max_image_pixels, palette_to_rgb=data.mask_encoding == "palette")
+    raw = read_mask(
+        path, max_pixels=data.max_image_pixels, palette_to_rgb=data.mask_encoding == "palette"
+    )
     return decode_mask(raw, data, path)
 
 

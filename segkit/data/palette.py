@@ -6,10 +6,27 @@ import numpy as np
 
 # Pascal VOC-style colour table (black background first); repeated with a shift past its end.
 _BASE = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
 ]
 
 
@@ -22,7 +39,9 @@ def default_colors(num_classes: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def class_colors(classes: list[str], palette: dict[str, tuple[int, int, int]] | dict[str, list[int]] | None) -> np.ndarray:
+def class_colors(
+    classes: list[str], palette: dict[str, tuple[int, int, int]] | dict[str, list[int]] | None
+) -> np.ndarray:
     """The ``(K, 3)`` uint8 colour of each class, in class order."""
     colors = default_colors(len(classes))
     if palette:

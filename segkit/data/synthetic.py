@@ -23,7 +23,10 @@ SHAPE_PALETTE: dict[str, tuple[int, int, int]] = {
     "triangle": (0, 130, 200),
 }
 BINARY_CLASSES = ["background", "shape"]
-BINARY_PALETTE: dict[str, tuple[int, int, int]] = {"background": (0, 0, 0), "shape": (255, 255, 255)}
+BINARY_PALETTE: dict[str, tuple[int, int, int]] = {
+    "background": (0, 0, 0),
+    "shape": (255, 255, 255),
+}
 
 # Mean fill colour of each shape class: distinct but overlapping once jitter and noise are added.
 _FILL = np.array([[0, 0, 0], [190, 80, 70], [80, 170, 90], [70, 100, 190]], dtype=np.float64)
@@ -33,7 +36,12 @@ ENCODINGS = ("index", "binary", "palette")
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth low-frequency texture plus fine noise, in a random muted colour."""
     grid = rng.normal(0.0, 1.0, (6, 6, 3)).astype(np.float32)
-    smooth = np.asarray(Image.fromarray(((grid + 3) * 40).clip(0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC), dtype=np.float64)
+    smooth = np.asarray(
+        Image.fromarray(((grid + 3) * 40).clip(0, 255).astype(np.uint8)).resize(
+            (size, size), Image.BICUBIC
+        ),
+        dtype=np.float64,
+    )
     base = rng.uniform(90, 150) + rng.uniform(-20, 20, 3)
     return base + (smooth - 120) * 0.35 + rng.normal(0, 12, (size, size, 3))
 
@@ -51,7 +59,9 @@ def _shape_layer(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
         angle0 = rng.uniform(0, 2 * np.pi)
         if kind == 2:
             aspect = rng.uniform(0.6, 1.0)
-            local = np.array([[-r, -r * aspect], [r, -r * aspect], [r, r * aspect], [-r, r * aspect]])
+            local = np.array(
+                [[-r, -r * aspect], [r, -r * aspect], [r, r * aspect], [-r, r * aspect]]
+            )
         else:
             angles = angle0 + np.arange(corners) * 2 * np.pi / corners
             local = np.stack([np.cos(angles), np.sin(angles)], axis=1) * r * 1.2
@@ -94,7 +104,11 @@ def make_shapes_dataset(
         raise ConfigError(f"mask_encoding '{mask_encoding}' is not one of {', '.join(ENCODINGS)}")
     root = Path(root)
     rng = np.random.default_rng(seed)
-    classes, palette = (BINARY_CLASSES, BINARY_PALETTE) if mask_encoding == "binary" else (SHAPE_CLASSES, SHAPE_PALETTE)
+    classes, palette = (
+        (BINARY_CLASSES, BINARY_PALETTE)
+        if mask_encoding == "binary"
+        else (SHAPE_CLASSES, SHAPE_PALETTE)
+    )
     colours = np.array([SHAPE_PALETTE[c] for c in SHAPE_CLASSES], dtype=np.uint8)
     out: dict[str, Any] = {}
     for split, count in (("train", n_train), ("val", n_val)):

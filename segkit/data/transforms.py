@@ -36,8 +36,14 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
     pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": data.ignore_index}
     if stage != "train":
         steps: list[A.BasicTransform] = [
-            A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=stride,
-                          pad_width_divisor=stride, position="top_left", **pad),
+            A.PadIfNeeded(
+                min_height=None,
+                min_width=None,
+                pad_height_divisor=stride,
+                pad_width_divisor=stride,
+                position="top_left",
+                **pad,
+            ),
             _normalize(config),
             ToTensorV2(),
         ]
@@ -47,8 +53,14 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
     steps = []
     if aug.scale is not None:
         low, high = aug.scale
-        steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
-                                   mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+        steps.append(
+            A.RandomScale(
+                scale_limit=(low - 1.0, high - 1.0),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            )
+        )
     steps += [
         A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),
         A.RandomCrop(height=size, width=size),
@@ -58,6 +70,8 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
     ]
     if aug.color_jitter > 0:
         # Per-image brightness/contrast works on any channel count (it is not a hue/saturation change).
-        steps.append(A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=aug.color_jitter))
+        steps.append(
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=aug.color_jitter)
+        )
     steps += [_normalize(config), ToTensorV2()]
     return A.Compose(steps, seed=config.run.seed)

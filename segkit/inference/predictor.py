@@ -34,8 +34,18 @@ def _tta_transforms(mode: str) -> list[_Transform]:
     if mode == "d4":
         out: list[_Transform] = []
         for k in range(4):
-            out.append((lambda t, k=k: torch.rot90(t, k, (-2, -1)), lambda t, k=k: torch.rot90(t, -k, (-2, -1))))
-            out.append((lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)), lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1)))
+            out.append(
+                (
+                    lambda t, k=k: torch.rot90(t, k, (-2, -1)),
+                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)),
+                )
+            )
+            out.append(
+                (
+                    lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)),
+                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1),
+                )
+            )
         return out
     raise ConfigError(f"unknown tta '{mode}' (allowed: {', '.join(TTA_MODES)})")
 
@@ -62,7 +72,9 @@ def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
         return np.repeat(image[..., :1], 3, axis=2)
     if in_channels == 3 and c == 4:  # RGBA
         return image[..., :3]
-    raise DataError(f"the image has {c} channels but the model takes {in_channels}; convert it first")
+    raise DataError(
+        f"the image has {c} channels but the model takes {in_channels}; convert it first"
+    )
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -87,7 +99,11 @@ def _check_image(image: Any) -> np.ndarray:
         image = image[..., None]
     if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] < 1:
         raise DataError(f"expected an image HxW or HxWxC, got an array of shape {image.shape}")
-    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating) or image.dtype == np.bool_):
+    if not (
+        np.issubdtype(image.dtype, np.integer)
+        or np.issubdtype(image.dtype, np.floating)
+        or image.dtype == np.bool_
+    ):
         raise DataError(f"expected an integer or float image, got dtype {image.dtype}")
     return image
 
@@ -106,16 +122,38 @@ class Settings:
 class Predictor:
     """Tiled inference with blending and TTA over any :class:`~segkit.inference.backend.Backend`."""
 
-    def __init__(self, backend: Backend, *, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         self.backend = backend
         self.info: ModelInfo = backend.info
-        self._defaults = {"tile": tile, "overlap": overlap, "blend": blend, "tta": tta, "batch_size": batch_size}
+        self._defaults = {
+            "tile": tile,
+            "overlap": overlap,
+            "blend": blend,
+            "tta": tta,
+            "batch_size": batch_size,
+        }
         self.settings()  # validate early
 
     @classmethod
     def from_path(
-        cls, path: str | Path, device: str | None = None, tile: int | None = None, overlap: float | None = None,
-        blend: str | None = None, tta: str | None = None, batch_size: int | None = None, **onnx_facts: Any,
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+        batch_size: int | None = None,
+        **onnx_facts: Any,
     ) -> Predictor:
         """Open a ``.ckpt`` bundle (torch) or a ``.onnx`` export (onnxruntime).
 
@@ -131,7 +169,9 @@ class Predictor:
             backend: Backend = OnnxBackend.from_path(path, device=device, **facts)
         else:
             if facts:
-                raise ConfigError(f"{path}: {', '.join(sorted(facts))} only apply to .onnx models; a checkpoint carries its own")
+                raise ConfigError(
+                    f"{path}: {', '.join(sorted(facts))} only apply to .onnx models; a checkpoint carries its own"
+                )
             from segkit.bundle import load_bundle
             from segkit.inference.torch_backend import TorchBackend
 
@@ -140,50 +180,62 @@ class Predictor:
 
     def with_options(self, **options: Any) -> Predictor:
         """A predictor on the same backend whose unset (``None``) options keep this one's."""
-        merged = {k: options.get(k) if options.get(k) is not None else v for k, v in self._defaults.items()}
+        merged = {
+            k: options.get(k) if options.get(k) is not None else v
+            for k, v in self._defaults.items()
+        }
         return Predictor(self.backend, **merged)
 
     def settings(self, **overrides: Any) -> Settings:
         """Call options, else the predictor's, else the model's defaults; validated."""
+
         def pick(key: str) -> Any:
             for source in (overrides, self._defaults):
                 if source.get(key) is not None:
                     return source[key]
             return getattr(self.info, key)
 
-        s = Settings(tile=int(pick("tile")), overlap=float(pick("overlap")), blend=str(pick("blend")), tta=str(pick("tta")), batch_size=int(pick("batch_size")))
+        s = Settings(
+            tile=int(pick("tile")),
+            overlap=float(pick("overlap")),
+            blend=str(pick("blend")),
+            tta=str(pick("tta")),
+            batch_size=int(pick("batch_size")),
+        )
         if s.tile < 1 or s.batch_size < 1 or s.overlap < 0:
-            raise ConfigError(f"tile ({s.tile}) and batch_size ({s.batch_size}) must be >= 1 and overlap ({s.overlap}) >= 0")
+            raise ConfigError(
+                f"tile ({s.tile}) and batch_size ({s.batch_size}) must be >= 1 and overlap ({s.overlap}) >= 0"
+            )
         if s.blend not in BLENDS:
             raise ConfigError(f"unknown blend '{s.blend}' (allowed: {', '.join(BLENDS)})")
         if s.tta not in TTA_MODES:
             raise ConfigError(f"unknown tta '{s.tta}' (allowed: {', '.join(TTA_MODES)})")
         return s
 
-    def grid(self, height: int, width: int, tile: int | None = None, overlap: float | None = None) -> TileGrid:
+    def grid(
+        self, height: int, width: int, tile: int | None = None, overlap: float | None = None
+    ) -> TileGrid:
         """The tile grid an ``height x width`` image gets (``len(grid)`` = tiles per TTA pass)."""
         s = self.settings(tile=tile, overlap=overlap)
         return make_grid(height, width, s.tile, s.overlap, self.info.stride)
 
-    def _prepare(self, tile: np.ndarray) -> np.ndarray:
-        """A raw tile as ``(C, h, w)``: uint8 stays uint8 (4x less to copy to a GPU), else float [0, 1]."""
-        x = adapt_channels(tile, self.info.in_channels)
+    def _prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw ``h x w x C`` pixels with the model's channel count: uint8 stays uint8 (4x less to
+        copy to a GPU), anything else becomes float32 in [0, 1]. Channels-first happens on the device."""
+        x = adapt_channels(pixels, self.info.in_channels)
         if x.dtype != np.uint8:
             x = to_unit_float(x).astype(np.float32, copy=False)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return x
 
-    def _runner(self, tta: str) -> Callable[[np.ndarray], torch.Tensor]:
-        """Batch of raw tiles -> mean over TTA passes of the probabilities, on the backend's device."""
+    def _runner(self, tta: str) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
+        """Batch of prepared tiles -> mean over TTA passes of the probabilities, on the device."""
         transforms = _tta_transforms(tta)
-        device = torch.device(getattr(self.backend, "device", "cpu"))
+        device = self._device()
         mean = torch.tensor(self.info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
-        def run(batch: np.ndarray) -> torch.Tensor:
-            x = torch.from_numpy(batch)
-            if device.type == "cuda":  # pinned + async: the CPU cuts the next batch while the GPU runs
-                x = x.pin_memory()
-            x = x.to(device, non_blocking=True)
+        def run(batch: torch.Tensor | np.ndarray) -> torch.Tensor:
+            x = torch.as_tensor(batch).to(device, non_blocking=True)
             x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
             x = (x - mean) / std
             acc = None
@@ -194,16 +246,36 @@ class Predictor:
 
         return run
 
-    def _bands(self, image: np.ndarray, s: Settings, on_tiles: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    def _device(self) -> torch.device:
+        """Where tiles are cut and normalised: the torch backend's device (CPU for onnxruntime)."""
+        return torch.device(getattr(self.backend, "device", "cpu"))
+
+    def _bands(
+        self, image: np.ndarray, s: Settings, on_tiles: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
         yield from iter_stitched(
-            image, grid, self._runner(s.tta), self.info.num_classes,
-            blend=s.blend, batch_size=s.batch_size, prepare=self._prepare, on_tiles=on_tiles,
+            image,
+            grid,
+            self._runner(s.tta),
+            self.info.num_classes,
+            blend=s.blend,
+            batch_size=s.batch_size,
+            prepare=self._prepare,
+            on_tiles=on_tiles,
+            device=self._device(),
         )
 
     def iter_bands(
-        self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None,
-        tta: str | None = None, *, on_tiles: Callable[[int], None] | None = None, as_tensor: bool = False,
+        self,
+        image: np.ndarray,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+        *,
+        on_tiles: Callable[[int], None] | None = None,
+        as_tensor: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]] | Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
 
@@ -217,7 +289,14 @@ class Predictor:
         for row, band in self._bands(image, s, on_tiles):
             yield row, (band if as_tensor else band.cpu().numpy())
 
-    def predict_proba(self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None) -> np.ndarray:
+    def predict_proba(
+        self,
+        image: np.ndarray,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+    ) -> np.ndarray:
         """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
         image = _check_image(image)
         out = np.empty((self.info.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
@@ -225,7 +304,14 @@ class Predictor:
             out[:, row : row + band.shape[1]] = band
         return out
 
-    def predict(self, image: np.ndarray, tile: int | None = None, overlap: float | None = None, blend: str | None = None, tta: str | None = None) -> np.ndarray:
+    def predict(
+        self,
+        image: np.ndarray,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+    ) -> np.ndarray:
         """``(H, W)`` class indices: uint8 when the model has <= 256 classes, else int32."""
         image = _check_image(image)
         out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))

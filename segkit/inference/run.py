@@ -55,7 +55,9 @@ class PredictSummary:
         return f"{', '.join(parts)} in {self.seconds:.1f}s ({self.tiles} tiles); outputs in {self.output} (manifest: {self.output / MANIFEST})"
 
     @classmethod
-    def from_records(cls, output: Path, records: Sequence[dict[str, Any]], seconds: float) -> PredictSummary:
+    def from_records(
+        cls, output: Path, records: Sequence[dict[str, Any]], seconds: float
+    ) -> PredictSummary:
         s = cls(output=output, seconds=seconds)
         for r in records:
             if r["status"] == "ok":
@@ -73,10 +75,26 @@ def _reason(e: BaseException, path: Path) -> str:
     return text.removeprefix(f"{path}: ")
 
 
-def _record(item: InputImage, status: str, *, outputs: dict[str, Path] | None = None, error: str | None = None, height: int | None = None, width: int | None = None, tiles: int = 0, seconds: float = 0.0) -> dict[str, Any]:
+def _record(
+    item: InputImage,
+    status: str,
+    *,
+    outputs: dict[str, Path] | None = None,
+    error: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    tiles: int = 0,
+    seconds: float = 0.0,
+) -> dict[str, Any]:
     return {
-        "input": str(item.path), "outputs": {k: str(v) for k, v in (outputs or {}).items()},
-        "height": height, "width": width, "tiles": tiles, "seconds": round(seconds, 3), "status": status, "error": error,
+        "input": str(item.path),
+        "outputs": {k: str(v) for k, v in (outputs or {}).items()},
+        "height": height,
+        "width": width,
+        "tiles": tiles,
+        "seconds": round(seconds, 3),
+        "status": status,
+        "error": error,
     }
 
 
@@ -95,7 +113,14 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._images = self._bar.add_task("images", total=images)
             self._tiles = self._bar.add_task("tiles", total=0)
 
@@ -123,8 +148,15 @@ class _Progress:
 
 
 def run_items(
-    predictor: Predictor, items: Sequence[InputImage], output: Path, *, save: Sequence[str] = ("index",),
-    probs_dtype: str = "float16", skip_existing: bool = False, workers: int = 2, progress: bool = True,
+    predictor: Predictor,
+    items: Sequence[InputImage],
+    output: Path,
+    *,
+    save: Sequence[str] = ("index",),
+    probs_dtype: str = "float16",
+    skip_existing: bool = False,
+    workers: int = 2,
+    progress: bool = True,
     max_pixels: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predict ``items`` into ``output``; returns one manifest record per item, in input order."""
@@ -135,11 +167,23 @@ def run_items(
     todo: list[tuple[int, InputImage, Path]] = []
     for i, item in enumerate(items):
         base = output / item.rel.parent / item.rel.stem
-        clash = [output_path(base, kind, k) for kind in save if output_path(base, kind, k).resolve() == item.path.resolve()]
+        clash = [
+            output_path(base, kind, k)
+            for kind in save
+            if output_path(base, kind, k).resolve() == item.path.resolve()
+        ]
         if base in owners:
-            records[i] = _record(item, "failed", error=f"its outputs would overwrite those of {owners[base]} (same name)")
+            records[i] = _record(
+                item,
+                "failed",
+                error=f"its outputs would overwrite those of {owners[base]} (same name)",
+            )
         elif clash:
-            records[i] = _record(item, "failed", error=f"writing {clash[0]} would overwrite the input; choose another --output")
+            records[i] = _record(
+                item,
+                "failed",
+                error=f"writing {clash[0]} would overwrite the input; choose another --output",
+            )
         elif skip_existing and outputs_exist(base, save, k):
             records[i] = _record(item, "skipped")
             owners[base] = item.path
@@ -147,7 +191,9 @@ def run_items(
             owners[base] = item.path
             todo.append((i, item, base))
 
-    remove_stale_temporaries(list(owners), save, k, also=[output / MANIFEST])  # left by a killed run
+    remove_stale_temporaries(
+        list(owners), save, k, also=[output / MANIFEST]
+    )  # left by a killed run
     passes = len(_tta_transforms(predictor.settings().tta))
     workers = max(1, workers)
     with (
@@ -164,15 +210,29 @@ def run_items(
         def read_next() -> None:
             nxt = next(queue, None)
             if nxt is not None:
-                reads.append((nxt, readers.submit(open_image, nxt[1].path, info.in_channels, max_pixels)))
+                reads.append(
+                    (nxt, readers.submit(open_image, nxt[1].path, info.in_channels, max_pixels))
+                )
 
         def finish(entry: tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]) -> None:
             i, item, fut, meta = entry
             try:
                 outputs = fut.result()
-                records[i] = _record(item, "ok", outputs=outputs, seconds=time.perf_counter() - meta.pop("t0"), **meta)
+                records[i] = _record(
+                    item,
+                    "ok",
+                    outputs=outputs,
+                    seconds=time.perf_counter() - meta.pop("t0"),
+                    **meta,
+                )
             except (SegkitError, OSError) as e:
-                records[i] = _record(item, "failed", error=_reason(e, item.path), height=meta["height"], width=meta["width"])
+                records[i] = _record(
+                    item,
+                    "failed",
+                    error=_reason(e, item.path),
+                    height=meta["height"],
+                    width=meta["width"],
+                )
             bar.image()
 
         for _ in range(workers + 1):
@@ -193,7 +253,9 @@ def run_items(
                 bar.plan_tiles(n_tiles)
                 writer = OutputWriter(base, save, info, h, w, probs_dtype).__enter__()
                 try:
-                    for row, band in predictor.iter_bands(image, on_tiles=lambda n: bar.tiles(n * passes), as_tensor=True):
+                    for row, band in predictor.iter_bands(
+                        image, on_tiles=lambda n: bar.tiles(n * passes), as_tensor=True
+                    ):
                         writer.add_band(row, band)
                 except BaseException:
                     writer.abort()
@@ -202,7 +264,14 @@ def run_items(
                 records[i] = _record(item, "failed", error=_reason(e, item.path), height=h, width=w)
                 bar.image()
                 continue
-            writes.append((i, item, writers.submit(writer.commit, image if "overlay" in save else None), {"t0": t0, "height": h, "width": w, "tiles": n_tiles}))
+            writes.append(
+                (
+                    i,
+                    item,
+                    writers.submit(writer.commit, image if "overlay" in save else None),
+                    {"t0": t0, "height": h, "width": w, "tiles": n_tiles},
+                )
+            )
             del image
             while len(writes) > workers:
                 finish(writes.popleft())
@@ -217,7 +286,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _shard_worker(rank: int, world: int, port: int, model: str, items: list[InputImage], output: Path, device: str | None, options: dict[str, Any], run_options: dict[str, Any]) -> None:
+def _shard_worker(
+    rank: int,
+    world: int,
+    port: int,
+    model: str,
+    items: list[InputImage],
+    output: Path,
+    device: str | None,
+    options: dict[str, Any],
+    run_options: dict[str, Any],
+) -> None:
     """One process of a ``devices > 1`` run: its shard of the images, then gather to rank 0."""
     import torch
     import torch.distributed as dist
@@ -228,26 +307,52 @@ def _shard_worker(rank: int, world: int, port: int, model: str, items: list[Inpu
         device = f"cuda:{rank % torch.cuda.device_count()}"
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+    )
     try:
         predictor = Predictor.from_path(model, device, **options)
-        records = run_items(predictor, items[rank::world], output, progress=run_options.pop("progress") and rank == 0, **run_options)
+        records = run_items(
+            predictor,
+            items[rank::world],
+            output,
+            progress=run_options.pop("progress") and rank == 0,
+            **run_options,
+        )
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(records, gathered, dst=0)
         if rank == 0:
             order = {str(it.path): n for n, it in enumerate(items)}
-            merged = sorted((r for part in gathered or [] for r in part), key=lambda r: order[r["input"]])
+            merged = sorted(
+                (r for part in gathered or [] for r in part), key=lambda r: order[r["input"]]
+            )
             write_manifest(output, merged)
     finally:
         dist.destroy_process_group()
 
 
-def _run_distributed(model: str | Path, items: list[InputImage], output: Path, devices: int, device: str | None, options: dict[str, Any], run_options: dict[str, Any]) -> list[dict[str, Any]]:
+def _run_distributed(
+    model: str | Path,
+    items: list[InputImage],
+    output: Path,
+    devices: int,
+    device: str | None,
+    options: dict[str, Any],
+    run_options: dict[str, Any],
+) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
     (output / MANIFEST).unlink(missing_ok=True)
     try:
-        mp.spawn(_shard_worker, args=(devices, _free_port(), str(model), items, output, device, options, run_options), nprocs=devices, join=True)
+        mp.spawn(
+            _shard_worker,
+            args=(devices, _free_port(), str(model), items, output, device, options, run_options),
+            nprocs=devices,
+            join=True,
+        )
     except mp.ProcessRaisedException as e:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         raise ModelError(f"a predict worker process failed: {lines[-1] if lines else e}") from None
@@ -257,11 +362,25 @@ def _run_distributed(model: str | Path, items: list[InputImage], output: Path, d
 
 
 def predict_source(
-    model: str | Path | Predictor, source: str | Path, output: str | Path, *, save: Sequence[str] = ("index",),
-    probs_dtype: str = "float16", skip_existing: bool = False, device: str | None = None, devices: int = 1,
-    workers: int = 2, tile: int | None = None, overlap: float | None = None, blend: str | None = None,
-    tta: str | None = None, batch_size: int | None = None, classes: list[str] | None = None,
-    mean: list[float] | None = None, std: list[float] | None = None, progress: bool = True,
+    model: str | Path | Predictor,
+    source: str | Path,
+    output: str | Path,
+    *,
+    save: Sequence[str] = ("index",),
+    probs_dtype: str = "float16",
+    skip_existing: bool = False,
+    device: str | None = None,
+    devices: int = 1,
+    workers: int = 2,
+    tile: int | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: str | None = None,
+    batch_size: int | None = None,
+    classes: list[str] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    progress: bool = True,
 ) -> PredictSummary:
     """Predict every image of ``source`` (file, folder or glob) into ``output``; see the module doc.
 
@@ -273,29 +392,54 @@ def predict_source(
     save = list(dict.fromkeys(save))
     unknown = [s for s in save if s not in OUTPUT_KINDS]
     if unknown or not save:
-        raise ConfigError(f"--save {' '.join(unknown) or '(nothing)'}: choose from {', '.join(OUTPUT_KINDS)}")
+        raise ConfigError(
+            f"--save {' '.join(unknown) or '(nothing)'}: choose from {', '.join(OUTPUT_KINDS)}"
+        )
     if probs_dtype not in PROBS_DTYPES:
         raise ConfigError(f"--probs-dtype {probs_dtype}: choose from {', '.join(PROBS_DTYPES)}")
     if devices < 1:
         raise ConfigError(f"--devices must be >= 1, got {devices}")
     items = find_inputs(source, exclude=output)
-    options = {"tile": tile, "overlap": overlap, "blend": blend, "tta": tta, "batch_size": batch_size, "classes": classes, "mean": mean, "std": std}
-    run_options = {"save": save, "probs_dtype": probs_dtype, "skip_existing": skip_existing, "workers": workers, "progress": progress}
+    options = {
+        "tile": tile,
+        "overlap": overlap,
+        "blend": blend,
+        "tta": tta,
+        "batch_size": batch_size,
+        "classes": classes,
+        "mean": mean,
+        "std": std,
+    }
+    run_options = {
+        "save": save,
+        "probs_dtype": probs_dtype,
+        "skip_existing": skip_existing,
+        "workers": workers,
+        "progress": progress,
+    }
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot write {output}: {e.strerror or e}") from None
     if devices > 1 and len(items) > 1:
         if isinstance(model, Predictor):
-            raise ConfigError("devices > 1 needs a model path (each process loads its own copy), not a Predictor")
+            raise ConfigError(
+                "devices > 1 needs a model path (each process loads its own copy), not a Predictor"
+            )
         if not Path(model).is_file():
             raise ModelError(f"{model}: model file not found")
-        records = _run_distributed(model, items, output, min(devices, len(items)), device, options, run_options)
+        records = _run_distributed(
+            model, items, output, min(devices, len(items)), device, options, run_options
+        )
     else:
         if isinstance(model, Predictor):
             if any(options[k] is not None for k in ("classes", "mean", "std")):
-                raise ConfigError("classes/mean/std describe a model file; a Predictor already carries them")
-            predictor = model.with_options(**{k: options[k] for k in ("tile", "overlap", "blend", "tta", "batch_size")})
+                raise ConfigError(
+                    "classes/mean/std describe a model file; a Predictor already carries them"
+                )
+            predictor = model.with_options(
+                **{k: options[k] for k in ("tile", "overlap", "blend", "tta", "batch_size")}
+            )
         else:
             predictor = Predictor.from_path(model, device, **options)
         records = run_items(predictor, items, output, **run_options)

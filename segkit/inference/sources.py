@@ -56,16 +56,23 @@ def find_inputs(source: str | Path, exclude: Path | None = None) -> list[InputIm
     elif any(m in text for m in _MAGIC):
         root = _glob_root(text)
         paths = sorted(
-            Path(p) for p in glob.glob(text, recursive=True)
-            if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES and not is_temporary_file(p)
+            Path(p)
+            for p in glob.glob(text, recursive=True)
+            if Path(p).is_file()
+            and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            and not is_temporary_file(p)
         )
     else:
         raise DataError(f"{source}: no such image file, folder or glob pattern")
     if exclude is not None and exclude.exists() and not _inside(root, exclude):
         paths = [p for p in paths if not _inside(p, exclude)]
     if not paths:
-        raise DataError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)")
-    return [InputImage(p, p.relative_to(root) if _is_relative(p, root) else Path(p.name)) for p in paths]
+        raise DataError(
+            f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)"
+        )
+    return [
+        InputImage(p, p.relative_to(root) if _is_relative(p, root) else Path(p.name)) for p in paths
+    ]
 
 
 def _is_relative(path: Path, root: Path) -> bool:
@@ -87,7 +94,9 @@ def _tiff_memmap(path: Path, max_pixels: int | None) -> np.ndarray | None:
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
         return None
     if max_pixels is not None and array.shape[0] * array.shape[1] > max_pixels:
-        raise DataError(f"{path}: {array.shape[0]}x{array.shape[1]} pixels exceeds the limit of {max_pixels} (data.max_image_pixels)")
+        raise DataError(
+            f"{path}: {array.shape[0]}x{array.shape[1]} pixels exceeds the limit of {max_pixels} (data.max_image_pixels)"
+        )
     return array
 
 

@@ -40,7 +40,11 @@ def axis_starts(length: int, tile: int, overlap_px: int, stride: int = 1) -> lis
     """
     if tile >= length:
         return [0]
-    units, tile_u, overlap_u = length // stride, tile // stride, min(overlap_px / stride, tile // stride - 1e-9)
+    units, tile_u, overlap_u = (
+        length // stride,
+        tile // stride,
+        min(overlap_px / stride, tile // stride - 1e-9),
+    )
     n = max(2, math.ceil((units - overlap_u) / (tile_u - overlap_u)))
     starts = np.rint(np.linspace(0, units - tile_u, n)).astype(int) * stride
     return sorted({int(s) for s in starts})
@@ -84,7 +88,12 @@ def make_grid(height: int, width: int, tile: int, overlap: float, stride: int) -
     th, tw = min(tile, ph), min(tile, pw)
     ov = overlap_pixels(overlap, tile)
     return TileGrid(
-        height=height, width=width, padded_height=ph, padded_width=pw, tile_h=th, tile_w=tw,
+        height=height,
+        width=width,
+        padded_height=ph,
+        padded_width=pw,
+        tile_h=th,
+        tile_w=tw,
         ys=tuple(axis_starts(ph, th, min(ov, th - 1), stride)),
         xs=tuple(axis_starts(pw, tw, min(ov, tw - 1), stride)),
     )
@@ -151,8 +160,13 @@ class BandStitcher:
     def _ensure(self, rows: int) -> None:
         grow = rows - self._wsum.shape[0]
         if grow > 0:
-            self._acc = torch.cat([self._acc, self._acc.new_zeros((self.num_classes, grow, self._acc.shape[2]))], dim=1)
-            self._wsum = torch.cat([self._wsum, self._wsum.new_zeros((grow, self._wsum.shape[1]))], dim=0)
+            self._acc = torch.cat(
+                [self._acc, self._acc.new_zeros((self.num_classes, grow, self._acc.shape[2]))],
+                dim=1,
+            )
+            self._wsum = torch.cat(
+                [self._wsum, self._wsum.new_zeros((grow, self._wsum.shape[1]))], dim=0
+            )
 
     def add(self, y: int, x: int, probs: torch.Tensor) -> None:
         """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)`` (``y >= self.top``)."""
@@ -185,43 +199,71 @@ class BandStitcher:
 def iter_stitched(
     image: np.ndarray,
     grid: TileGrid,
-    run: Callable[[np.ndarray], torch.Tensor | np.ndarray],
+    run: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
     num_classes: int,
     *,
     blend: str = "gaussian",
     batch_size: int = 8,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     on_tiles: Callable[[int], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Run ``run`` over the tiles of ``image`` and yield finished ``(row_start, (K, rows, W))`` bands.
 
-    ``image`` is ``H x W [x C]`` in any dtype; ``prepare`` turns one raw tile into the ``(C, h, w)``
-    array that is stacked into ``run``'s batch (default: channels-first float32). ``run`` maps
-    ``(N, C, h, w)`` to ``(N, K, h, w)`` float32 probabilities (a tensor on any device, or numpy).
-    Bands are float32 tensors on that device and cover rows ``0..H-1`` in order, exactly once.
+    ``image`` is ``H x W [x C]`` in any dtype. It is read one row of tiles at a time: the rows are
+    cut (reflected past the border), turned by ``prepare`` into ``tile_h x padded_W x C`` pixels
+    (default: float32), copied to ``device`` once and made channels-first there. Tiles are views of
+    that row band, stacked into ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per
+    row of tiles and the CPU does no per-tile work; the next row is cut while the device runs the
+    current batch. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a tensor on any
+    device, or numpy). Bands are float32 tensors on that device and cover rows ``0..H-1`` in order,
+    exactly once.
     """
     if image.shape[0] != grid.height or image.shape[1] != grid.width:
-        raise ValueError(f"image {image.shape[:2]} does not match the grid {grid.height}x{grid.width}")
+        raise ValueError(
+            f"image {image.shape[:2]} does not match the grid {grid.height}x{grid.width}"
+        )
     prepare = prepare or _default_prepare
+    device = torch.device(device or "cpu")
     window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend))
     stitcher: BandStitcher | None = None
+    row_bands: dict[int, torch.Tensor] = {}  # tile-row start -> its (C, tile_h, W) pixels on device
+
+    def load_rows(chunk: list[tuple[int, int]]) -> None:
+        for y in sorted({y for y, _ in chunk} - row_bands.keys()):
+            rows = prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
+            row_bands[y] = _to_device(rows, device).permute(2, 0, 1)
+
     tiles = list(grid.tiles())
-    for i in range(0, len(tiles), batch_size):
-        chunk = tiles[i : i + batch_size]
-        batch = np.stack([prepare(extract_tile(image, y, x, grid.tile_h, grid.tile_w)) for y, x in chunk])
-        probs = torch.as_tensor(run(batch))
+    chunks = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+    load_rows(chunks[0])
+    for i, chunk in enumerate(chunks):
+        batch = torch.stack([row_bands[y][:, :, x : x + grid.tile_w] for y, x in chunk])
+        probs = torch.as_tensor(run(batch))  # on a GPU this only queues the work
         if stitcher is None:
             stitcher = BandStitcher(grid, num_classes, window.to(probs.device))
         for (y, x), p in zip(chunk, probs, strict=True):
             stitcher.add(y, x, p.float())
         if on_tiles is not None:
             on_tiles(len(chunk))
-        upto = tiles[i + batch_size][0] if i + batch_size < len(tiles) else grid.padded_height
+        following = chunks[i + 1] if i + 1 < len(chunks) else None
+        upto = following[0][0] if following else grid.padded_height
+        row_bands = {y: band for y, band in row_bands.items() if y >= upto}
+        if following:
+            load_rows(following)  # before the band is handed on (its consumer waits for the GPU)
         released = stitcher.release(upto)
         if released is not None:
             yield released
 
 
-def _default_prepare(tile: np.ndarray) -> np.ndarray:
-    tile = tile[..., None] if tile.ndim == 2 else tile
-    return np.ascontiguousarray(tile.transpose(2, 0, 1), dtype=np.float32)
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host array -> tensor on ``device``; through pinned memory to a GPU, so the copy is async."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _default_prepare(rows: np.ndarray) -> np.ndarray:
+    rows = rows[..., None] if rows.ndim == 2 else rows
+    return rows.astype(np.float32, copy=False)

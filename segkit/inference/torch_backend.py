@@ -21,7 +21,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ModelError(f"unknown device '{device}' (use cpu, cuda or cuda:N): {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+        raise ModelError(
+            f"device '{device}' requested but CUDA is not available here; use --device cpu"
+        )
     return dev
 
 
@@ -30,10 +32,17 @@ def info_from_bundle(bundle: Bundle) -> ModelInfo:
     cfg = bundle.config
     p = cfg.predict
     return ModelInfo(
-        classes=bundle.classes, colors=bundle.colors, in_channels=bundle.in_channels,
-        mean=bundle.mean, std=bundle.std, stride=bundle.stride,
+        classes=bundle.classes,
+        colors=bundle.colors,
+        in_channels=bundle.in_channels,
+        mean=bundle.mean,
+        std=bundle.std,
+        stride=bundle.stride,
         tile=p.tile if p.tile is not None else cfg.data.patch_size,
-        overlap=p.overlap, blend=p.blend, tta=p.tta, batch_size=p.batch_size,
+        overlap=p.overlap,
+        blend=p.blend,
+        tta=p.tta,
+        batch_size=p.batch_size,
         ignore_index=cfg.data.ignore_index,
         extra={"arch": cfg.model.arch, "encoder": cfg.model.encoder, "source": str(bundle.path)},
     )
@@ -46,7 +55,14 @@ class TorchBackend:
     always taken in float32. On CPU everything is fp32 (bf16 autocast is far slower there).
     """
 
-    def __init__(self, bundle: Bundle | None = None, device: str | torch.device | None = None, *, model: nn.Module | None = None, info: ModelInfo | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle | None = None,
+        device: str | torch.device | None = None,
+        *,
+        model: nn.Module | None = None,
+        info: ModelInfo | None = None,
+    ) -> None:
         if bundle is None and (model is None or info is None):
             raise ValueError("TorchBackend needs a bundle, or both model= and info=")
         self.device = resolve_device(device)
@@ -55,7 +71,9 @@ class TorchBackend:
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-            self._amp_dtype: torch.dtype | None = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self._amp_dtype: torch.dtype | None = (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            )
         else:
             self._amp_dtype = None
         self.model = model
@@ -70,7 +88,9 @@ class TorchBackend:
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 normalised tiles -> ``(N, K, h, w)`` float32 probabilities."""
         if tiles.shape[1] != self.info.in_channels:
-            raise ModelError(f"the model takes {self.info.in_channels} channels, got tiles with {tiles.shape[1]}")
+            raise ModelError(
+                f"the model takes {self.info.in_channels} channels, got tiles with {tiles.shape[1]}"
+            )
         x = tiles.to(self.device, non_blocking=True)
         amp = contextlib.nullcontext()
         if self._amp_dtype is not None:
@@ -87,5 +107,7 @@ def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
     if logits.shape[1] != num_classes:
-        raise ModelError(f"the model outputs {logits.shape[1]} channels but has {num_classes} classes")
+        raise ModelError(
+            f"the model outputs {logits.shape[1]} channels but has {num_classes} classes"
+        )
     return torch.softmax(logits, dim=1)

@@ -30,7 +30,9 @@ _ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
 _SUFFIX = {"index": "", "color": "_color", "overlay": "_overlay", "probs": "_probs"}
 
 
-def output_path(base: Path, kind: str, num_classes: int, height: int | None = None, width: int | None = None) -> Path:
+def output_path(
+    base: Path, kind: str, num_classes: int, height: int | None = None, width: int | None = None
+) -> Path:
     """Where output ``kind`` of the image with output stem ``base`` goes (``base`` has no suffix).
 
     index: ``<stem>.png`` (``.tif`` for > 256 classes); color/overlay: ``<stem>_color.png`` ...;
@@ -49,13 +51,18 @@ def output_path(base: Path, kind: str, num_classes: int, height: int | None = No
 def outputs_exist(base: Path, save: Sequence[str], num_classes: int) -> bool:
     """True when every requested output of ``base`` exists (as PNG or TIFF, whatever the size was)."""
     for kind in save:
-        candidates = {output_path(base, kind, num_classes), output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1)}
+        candidates = {
+            output_path(base, kind, num_classes),
+            output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
+        }
         if not any(p.is_file() for p in candidates):
             return False
     return True
 
 
-def remove_stale_temporaries(bases: Iterable[Path], save: Sequence[str], num_classes: int, also: Iterable[Path] = ()) -> int:
+def remove_stale_temporaries(
+    bases: Iterable[Path], save: Sequence[str], num_classes: int, also: Iterable[Path] = ()
+) -> int:
     """Delete the temporaries a killed run left for these outputs (any size variant) and for the
     files in ``also`` (the manifest); returns how many.
 
@@ -67,7 +74,10 @@ def remove_stale_temporaries(bases: Iterable[Path], save: Sequence[str], num_cla
         targets.setdefault(p.parent, set()).add(p.name)
     for base in bases:
         for kind in save:
-            for p in (output_path(base, kind, num_classes), output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1)):
+            for p in (
+                output_path(base, kind, num_classes),
+                output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
+            ):
                 targets.setdefault(p.parent, set()).add(p.name)
     removed = 0
     for folder, names in targets.items():
@@ -99,14 +109,26 @@ class OutputWriter:
     without ``commit`` (an error) removes every temporary file.
     """
 
-    def __init__(self, base: Path, save: Iterable[str], info: ModelInfo, height: int, width: int, probs_dtype: str = "float16") -> None:
+    def __init__(
+        self,
+        base: Path,
+        save: Iterable[str],
+        info: ModelInfo,
+        height: int,
+        width: int,
+        probs_dtype: str = "float16",
+    ) -> None:
         self.save = tuple(dict.fromkeys(save))
         for kind in self.save:
             output_path(base, kind, info.num_classes)  # validates the kind
         if probs_dtype not in PROBS_DTYPES:
-            raise DataError(f"unknown probs dtype '{probs_dtype}' (allowed: {', '.join(PROBS_DTYPES)})")
+            raise DataError(
+                f"unknown probs dtype '{probs_dtype}' (allowed: {', '.join(PROBS_DTYPES)})"
+            )
         self.info, self.height, self.width, self.probs_dtype = info, height, width, probs_dtype
-        self.paths = {kind: output_path(base, kind, info.num_classes, height, width) for kind in self.save}
+        self.paths = {
+            kind: output_path(base, kind, info.num_classes, height, width) for kind in self.save
+        }
         self.labels = np.zeros((height, width), dtype=label_dtype(info.num_classes))
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
@@ -121,7 +143,9 @@ class OutputWriter:
             if "probs" in self.paths:
                 self._current = self.paths["probs"]
                 self._probs = np.lib.format.open_memmap(
-                    self._tmp["probs"], mode="w+", dtype=np.dtype(self.probs_dtype),
+                    self._tmp["probs"],
+                    mode="w+",
+                    dtype=np.dtype(self.probs_dtype),
                     shape=(self.info.num_classes, self.height, self.width),
                 )
         except OSError as e:
@@ -146,7 +170,9 @@ class OutputWriter:
         """
         n = probs.shape[1]
         labels = probs.argmax(0)
-        self.labels[row : row + n] = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        self.labels[row : row + n] = (
+            labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        )
         if self._probs is not None:
             if isinstance(probs, torch.Tensor):
                 probs = probs.cpu().numpy()
@@ -172,11 +198,19 @@ class OutputWriter:
                 _write_rgb(self._tmp["color"], self._rows(lambda sl: colors[self.labels[sl]]))
             if "overlay" in self.paths:
                 if image is None:
-                    raise DataError(f"{self.paths['overlay']}: the overlay output needs the input image")
+                    raise DataError(
+                        f"{self.paths['overlay']}: the overlay output needs the input image"
+                    )
                 self._current = self.paths["overlay"]
-                _write_rgb(self._tmp["overlay"], self._rows(
-                    lambda sl: ((display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]]) // 2).astype(np.uint8)
-                ))
+                _write_rgb(
+                    self._tmp["overlay"],
+                    self._rows(
+                        lambda sl: (
+                            (display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]])
+                            // 2
+                        ).astype(np.uint8)
+                    ),
+                )
             self._current = next(iter(self.paths.values()), None)
             self._stack.close()  # fsync + rename every temporary file
         except OSError as e:
@@ -215,7 +249,9 @@ def _write_rgb(tmp: Path, rgb: np.ndarray) -> None:
     if tmp.suffix == ".tif":
         import tifffile
 
-        tifffile.imwrite(tmp, rgb, photometric="rgb", compression="zlib", bigtiff=rgb.nbytes > 2**31)
+        tifffile.imwrite(
+            tmp, rgb, photometric="rgb", compression="zlib", bigtiff=rgb.nbytes > 2**31
+        )
         return
     from PIL import Image
 
@@ -239,4 +275,6 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]

@@ -32,14 +32,18 @@ def architecture_names() -> list[str]:
 def _suggest(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     if not close:
-        close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=3, cutoff=0.5)
+        close = difflib.get_close_matches(
+            name.lower(), [c.lower() for c in choices], n=3, cutoff=0.5
+        )
     return f" — did you mean {', '.join(close)}?" if close else ""
 
 
 def _check_arch(arch: str) -> None:
     if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         names = architecture_names()
-        raise ModelError(f"model.arch: unknown architecture '{arch}'{_suggest(arch, names)} (valid: {', '.join(names)})")
+        raise ModelError(
+            f"model.arch: unknown architecture '{arch}'{_suggest(arch, names)} (valid: {', '.join(names)})"
+        )
 
 
 def _check_encoder(encoder: str) -> None:
@@ -50,7 +54,9 @@ def _check_encoder(encoder: str) -> None:
             base = encoder[3:].split(".")[0]
             close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
             hint = f" — did you mean {', '.join('tu-' + c for c in close)}?" if close else ""
-            raise ModelError(f"model.encoder: unknown timm encoder '{encoder}'{hint} (any name from timm.list_models() prefixed with 'tu-')")
+            raise ModelError(
+                f"model.encoder: unknown timm encoder '{encoder}'{hint} (any name from timm.list_models() prefixed with 'tu-')"
+            )
         return
     names = smp.encoders.get_encoder_names()
     if encoder not in names:
@@ -64,7 +70,12 @@ def is_weights_file(weights: str | None) -> bool:
     """True when ``encoder_weights`` names a local file rather than a weight set like 'imagenet'."""
     if weights is None:
         return False
-    return weights.lower().endswith(WEIGHT_SUFFIXES) or "/" in weights or "\\" in weights or Path(weights).is_file()
+    return (
+        weights.lower().endswith(WEIGHT_SUFFIXES)
+        or "/" in weights
+        or "\\" in weights
+        or Path(weights).is_file()
+    )
 
 
 def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -85,16 +96,26 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*timm- encoders are deprecated.*")
             net = smp.create_model(
-                model.arch, encoder_name=model.encoder, encoder_weights=named,
-                in_channels=in_channels, classes=num_classes, **kwargs,
+                model.arch,
+                encoder_name=model.encoder,
+                encoder_weights=named,
+                in_channels=in_channels,
+                classes=num_classes,
+                **kwargs,
             )
     except TypeError as e:
-        raise ModelError(f"model.kwargs: {model.arch} does not accept these arguments ({e})") from None
+        raise ModelError(
+            f"model.kwargs: {model.arch} does not accept these arguments ({e})"
+        ) from None
     except KeyError as e:  # smp: a weight set the encoder does not have
-        raise ModelError(f"model.encoder_weights: {str(e).strip(chr(34) + chr(39))}; use null or a local weights file") from None
+        raise ModelError(
+            f"model.encoder_weights: {str(e).strip(chr(34) + chr(39))}; use null or a local weights file"
+        ) from None
     except (OSError, RuntimeError, ValueError) as e:
         if named is None:
-            raise ModelError(f"model: cannot build {model.arch}/{model.encoder}: {str(e).splitlines()[0]}") from None
+            raise ModelError(
+                f"model: cannot build {model.arch}/{model.encoder}: {str(e).splitlines()[0]}"
+            ) from None
         raise ModelError(
             f"model.encoder_weights: could not get '{weights}' weights for {model.encoder} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); offline? download them once, "
@@ -123,7 +144,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file becomes one clear line
-        raise ModelError(f"{path}: cannot read encoder weights ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})") from None
+        raise ModelError(
+            f"{path}: cannot read encoder weights ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):  # common wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -134,7 +157,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -143,7 +166,7 @@ def _align_keys(state: dict[str, torch.Tensor], target: set[str]) -> dict[str, t
     ``encoder.``, and timm-universal encoders' ``model.`` prefix are handled."""
     state = _strip(state, "module.")
     if any(k.startswith("encoder.") for k in state) and not any(k in target for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     candidates = [state, {"model." + k: v for k, v in state.items()}, _strip(state, "model.")]
     return max(candidates, key=lambda s: len(target & set(s)))
 
@@ -174,16 +197,29 @@ def load_encoder_weights(model: nn.Module, path: Path, in_channels: int) -> None
         )
     missing = sorted(set(own) - set(state))
     if missing:
-        raise ModelError(f"{path}: {len(missing)} encoder tensors missing from the file, e.g. {', '.join(missing[:3])} (wrong encoder?)")
+        raise ModelError(
+            f"{path}: {len(missing)} encoder tensors missing from the file, e.g. {', '.join(missing[:3])} (wrong encoder?)"
+        )
     fitted = {}
     for key in own:
         value = state[key]
-        if value.shape != own[key].shape and value.ndim == 4 and value.shape[1] == 3 and own[key].shape[1] == in_channels and value.shape[0] == own[key].shape[0]:
+        if (
+            value.shape != own[key].shape
+            and value.ndim == 4
+            and value.shape[1] == 3
+            and own[key].shape[1] == in_channels
+            and value.shape[0] == own[key].shape[0]
+        ):
             value = _adapt_first_conv(value, in_channels)
         if value.shape != own[key].shape:
-            raise ModelError(f"{path}: tensor '{key}' has shape {tuple(value.shape)} but the encoder needs {tuple(own[key].shape)} (wrong encoder or in_channels?)")
+            raise ModelError(
+                f"{path}: tensor '{key}' has shape {tuple(value.shape)} but the encoder needs {tuple(own[key].shape)} (wrong encoder or in_channels?)"
+            )
         fitted[key] = value
     extra = [k for k in set(state) - matched if not k.startswith(_CLASSIFIER_PREFIXES)]
     if extra:
-        warnings.warn(f"{path}: {len(extra)} tensors in the file are not used by the encoder (e.g. {sorted(extra)[0]})", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(extra)} tensors in the file are not used by the encoder (e.g. {sorted(extra)[0]})",
+            stacklevel=2,
+        )
     encoder.load_state_dict(fitted, strict=True)

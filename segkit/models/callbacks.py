@@ -17,21 +17,30 @@ GAP = 4
 
 def _display(image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
     """``(C, H, W)`` normalised float -> ``(H, W, 3)`` uint8 for viewing (grey unless C == 3)."""
-    img = image * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
+    img = (
+        image * np.asarray(std, np.float32)[:, None, None]
+        + np.asarray(mean, np.float32)[:, None, None]
+    )
     img = img if img.shape[0] == 3 else np.repeat(img[:1], 3, axis=0)
     return (np.clip(img, 0.0, 1.0).transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
 def _colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int) -> np.ndarray:
-    lut = np.zeros((max(int(labels.max(initial=0)), len(colors) - 1, ignore_index) + 1, 3), np.uint8)
+    lut = np.zeros(
+        (max(int(labels.max(initial=0)), len(colors) - 1, ignore_index) + 1, 3), np.uint8
+    )
     lut[ignore_index] = IGNORE_COLOR
     lut[: len(colors)] = colors
     return lut[labels.astype(np.int64)]
 
 
 def preview_grid(
-    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], colors: np.ndarray,
-    mean: list[float], std: list[float], ignore_index: int, max_side: int = 256,
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    colors: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    ignore_index: int,
+    max_side: int = 256,
 ) -> Image.Image:
     """One row per sample: image | ground truth | prediction (ignored pixels grey).
 
@@ -40,12 +49,17 @@ def preview_grid(
     """
     rows = []
     for image, mask, pred in samples:
-        cells = [Image.fromarray(_display(image, mean, std)), Image.fromarray(_colorize(mask, colors, ignore_index)),
-                 Image.fromarray(_colorize(pred, colors, ignore_index))]
+        cells = [
+            Image.fromarray(_display(image, mean, std)),
+            Image.fromarray(_colorize(mask, colors, ignore_index)),
+            Image.fromarray(_colorize(pred, colors, ignore_index)),
+        ]
         scale = min(1.0, max_side / max(cells[0].size))
         if scale < 1.0:
             size = (max(1, round(cells[0].width * scale)), max(1, round(cells[0].height * scale)))
-            cells = [cells[0].resize(size, Image.BILINEAR)] + [c.resize(size, Image.NEAREST) for c in cells[1:]]
+            cells = [cells[0].resize(size, Image.BILINEAR)] + [
+                c.resize(size, Image.NEAREST) for c in cells[1:]
+            ]
         rows.append(cells)
     width = max(3 * r[0].width + 2 * GAP for r in rows)
     height = sum(r[0].height for r in rows) + GAP * (len(rows) - 1)
@@ -74,22 +88,40 @@ class ValidationPreview(L.Callback):
         self._samples = []
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or len(self._samples) >= self.num_images:
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or len(self._samples) >= self.num_images
+        ):
             return
         if not isinstance(outputs, dict) or "preds" not in outputs:
             return
         room = self.num_images - len(self._samples)
-        for image, mask, pred in list(zip(batch["image"], batch["mask"], outputs["preds"], strict=True))[:room]:
-            self._samples.append((image.float().cpu().numpy(), mask.cpu().numpy(), pred.cpu().numpy()))
+        for image, mask, pred in list(
+            zip(batch["image"], batch["mask"], outputs["preds"], strict=True)
+        )[:room]:
+            self._samples.append(
+                (image.float().cpu().numpy(), mask.cpu().numpy(), pred.cpu().numpy())
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         samples, self._samples = self._samples, []
         if not samples or trainer.sanity_checking or not trainer.is_global_zero:
             return
         hp = pl_module.hparams
-        grid = preview_grid(samples, np.asarray(hp["colors"], np.uint8), hp["mean"], hp["std"], self.ignore_index)
-        path = Path(trainer.default_root_dir) / "previews" / f"epoch_{trainer.current_epoch:03d}.png"
+        grid = preview_grid(
+            samples, np.asarray(hp["colors"], np.uint8), hp["mean"], hp["std"], self.ignore_index
+        )
+        path = (
+            Path(trainer.default_root_dir) / "previews" / f"epoch_{trainer.current_epoch:03d}.png"
+        )
         with atomic_path(path) as tmp:
             grid.save(tmp, format="PNG")

@@ -63,5 +63,7 @@ def build_loss(loss: LossConfig, num_classes: int, ignore_index: int) -> nn.Modu
     """
     del num_classes  # every term infers K from the logits; kept in the signature for clarity
     weights = loss.model_dump()
-    terms = {name: (float(w), LOSS_FACTORIES[name](ignore_index)) for name, w in weights.items() if w > 0}
+    terms = {
+        name: (float(w), LOSS_FACTORIES[name](ignore_index)) for name, w in weights.items() if w > 0
+    }
     return WeightedLoss(terms, ignore_index)

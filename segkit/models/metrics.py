@@ -26,8 +26,16 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
     ``sync=False`` keeps it local (a single process evaluating while others wait would deadlock).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None, sync: bool = True) -> None:
-        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, validate_args=False, sync_on_compute=sync)
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = None, sync: bool = True
+    ) -> None:
+        super().__init__(
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            normalize=None,
+            validate_args=False,
+            sync_on_compute=sync,
+        )
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -65,7 +73,9 @@ class SegmentationMetrics:
         self.matrix = np.asarray(self.matrix, dtype=np.int64)
         k = len(self.classes)
         if self.matrix.shape != (k, k):
-            raise ValueError(f"confusion matrix shape {self.matrix.shape} does not match {k} classes")
+            raise ValueError(
+                f"confusion matrix shape {self.matrix.shape} does not match {k} classes"
+            )
 
     @property
     def tp(self) -> np.ndarray:
@@ -122,7 +132,9 @@ class SegmentationMetrics:
     @property
     def micro_iou(self) -> float:
         """Pixel-pooled IoU ``sum TP / sum (TP + FP + FN)`` (dominated by large classes)."""
-        return float(_ratio(self.tp.sum(keepdims=True), (self.tp + self.fp + self.fn).sum(keepdims=True))[0])
+        return float(
+            _ratio(self.tp.sum(keepdims=True), (self.tp + self.fp + self.fn).sum(keepdims=True))[0]
+        )
 
     @property
     def pixel_accuracy(self) -> float:
@@ -139,7 +151,15 @@ class SegmentationMetrics:
         for i, name in enumerate(self.classes):
             t.add_row(name, *(_fmt(c[i]) for c in columns))
         t.add_section()
-        t.add_row("mean (macro)", _fmt(self.miou), _fmt(self.mdice), _fmt(_nanmean(self.precision)), _fmt(_nanmean(self.recall)), "", style="bold")
+        t.add_row(
+            "mean (macro)",
+            _fmt(self.miou),
+            _fmt(self.mdice),
+            _fmt(_nanmean(self.precision)),
+            _fmt(_nanmean(self.recall)),
+            "",
+            style="bold",
+        )
         t.add_row("micro IoU (pixel-pooled)", _fmt(self.micro_iou), "", "", "", "")
         t.add_row("pixel accuracy", _fmt(self.pixel_accuracy), "", "", "", "")
         t.caption = f"{self.total_pixels:,} pixels counted (ignore_index excluded); — = class in neither prediction nor ground truth"
@@ -150,9 +170,12 @@ class SegmentationMetrics:
         per_class = {}
         for i, name in enumerate(self.classes):
             per_class[name] = {
-                "iou": _json(self.iou[i]), "dice": _json(self.dice[i]),
-                "precision": _json(self.precision[i]), "recall": _json(self.recall[i]),
-                "pixel_share": _json(self.pixel_share[i]), "pixels": int(self.matrix[i].sum()),
+                "iou": _json(self.iou[i]),
+                "dice": _json(self.dice[i]),
+                "precision": _json(self.precision[i]),
+                "recall": _json(self.recall[i]),
+                "pixel_share": _json(self.pixel_share[i]),
+                "pixels": int(self.matrix[i].sum()),
             }
         return {
             "mIoU": _json(self.miou),
@@ -168,4 +191,7 @@ class SegmentationMetrics:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentationMetrics:
         """Rebuild from :meth:`to_dict` output (the confusion matrix holds everything)."""
-        return cls(matrix=np.asarray(data["confusion_matrix"], dtype=np.int64), classes=list(data["classes"]))
+        return cls(
+            matrix=np.asarray(data["confusion_matrix"], dtype=np.int64),
+            classes=list(data["classes"]),
+        )

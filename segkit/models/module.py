@@ -45,8 +45,14 @@ class WarmupSchedule:
             return (step + 1) / (self.warmup_steps + 1)
         if self.name == "constant" or not self.total_steps:
             return 1.0
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.name == "cosine" else (1.0 - progress) ** self.power
+        progress = min(
+            1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        )
+        decay = (
+            0.5 * (1.0 + math.cos(math.pi * progress))
+            if self.name == "cosine"
+            else (1.0 - progress) ** self.power
+        )
         return self.min_ratio + (1.0 - self.min_ratio) * decay
 
 
@@ -59,7 +65,9 @@ class SegmentationModule(L.LightningModule):
     Lightning passes back in ``load_from_checkpoint`` (ignored: the config holds them all).
     """
 
-    def __init__(self, config: dict[str, Any] | SegkitConfig, pretrained: bool | None = None, **stored: Any) -> None:
+    def __init__(
+        self, config: dict[str, Any] | SegkitConfig, pretrained: bool | None = None, **stored: Any
+    ) -> None:
         super().__init__()
         self.config = load_config(config)
         # Weights that a checkpoint will overwrite (re-created from one, or resuming) are not
@@ -77,7 +85,9 @@ class SegmentationModule(L.LightningModule):
         model_cfg = self.config.model
         if not self._pretrained:
             model_cfg = model_cfg.model_copy(update={"encoder_weights": None})
-        self.model = build_model(model_cfg, self.config.data.num_classes, self.config.data.in_channels)
+        self.model = build_model(
+            model_cfg, self.config.data.num_classes, self.config.data.in_channels
+        )
 
     def configure_losses(self) -> None:
         """Build ``self.loss`` from ``config.loss``."""
@@ -100,10 +110,25 @@ class SegmentationModule(L.LightningModule):
         loss = self.loss(logits, masks)
         n = images.shape[0]
         train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=train,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
         if train:
             for name, value in getattr(self.loss, "last_terms", {}).items():
-                self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+                self.log(
+                    f"train/loss_{name}",
+                    value,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=n,
+                    sync_dist=True,
+                )
         return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -125,8 +150,17 @@ class SegmentationModule(L.LightningModule):
         # Identical on every rank (the matrix is already reduced); sync_dist only keeps Lightning's
         # epoch-level bookkeeping uniform across processes.
         self.log("val/mIoU", metrics.miou, prog_bar=True, sync_dist=True)
-        values = {"val/mDice": metrics.mdice, "val/micro_IoU": metrics.micro_iou, "val/pixel_accuracy": metrics.pixel_accuracy}
-        values.update({f"val/IoU/{name}": float(v) for name, v in zip(metrics.classes, metrics.iou, strict=True)})
+        values = {
+            "val/mDice": metrics.mdice,
+            "val/micro_IoU": metrics.micro_iou,
+            "val/pixel_accuracy": metrics.pixel_accuracy,
+        }
+        values.update(
+            {
+                f"val/IoU/{name}": float(v)
+                for name, v in zip(metrics.classes, metrics.iou, strict=True)
+            }
+        )
         self.log_dict(values, sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------
@@ -136,19 +170,32 @@ class SegmentationModule(L.LightningModule):
         opt = self.config.optimizer
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": opt.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         extra = {"momentum": opt.momentum} if opt.name == "sgd" else {}
         optimizer = OPTIMIZERS[opt.name](groups, lr=opt.lr, **extra)
         sched = self.config.scheduler
         total = self.trainer.estimated_stepping_batches
         batches = self.trainer.num_training_batches
-        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
+        per_epoch = (
+            math.ceil(batches / self.trainer.accumulate_grad_batches)
+            if math.isfinite(batches)
+            else 0
+        )
         schedule = WarmupSchedule(
-            name=sched.name, warmup_steps=round(sched.warmup_epochs * per_epoch),
-            total_steps=int(total) if math.isfinite(total) else None, power=sched.power, min_ratio=sched.min_lr_ratio,
+            name=sched.name,
+            warmup_steps=round(sched.warmup_epochs * per_epoch),
+            total_steps=int(total) if math.isfinite(total) else None,
+            power=sched.power,
+            min_ratio=sched.min_lr_ratio,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The per-epoch preview grid travels with the module, whatever Trainer runs it."""

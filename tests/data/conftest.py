@@ -19,7 +19,9 @@ def make_data_config(**overrides: Any) -> DataConfig:
 
 def make_config(data: dict[str, Any] | None = None, **sections: Any) -> SegkitConfig:
     """A full config with a small patch size, deterministic seed and no workers."""
-    return load_config({"data": {"patch_size": 64, "num_workers": 0, "batch_size": 2, **(data or {})}, **sections})
+    return load_config(
+        {"data": {"patch_size": 64, "num_workers": 0, "batch_size": 2, **(data or {})}, **sections}
+    )
 
 
 def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -50,4 +52,6 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A small synthetic shapes dataset (index masks), written once per session."""
     from segkit.data.synthetic import make_shapes_dataset
 
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=6, n_val=2, size=64, seed=0)
+    return make_shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), n_train=6, n_val=2, size=64, seed=0
+    )

@@ -33,19 +33,23 @@ def test_clean_synthetic_set(shapes: dict[str, Any]) -> None:
     assert "train" in text and "ok" in text and "circle" in text and "%" in text
 
 
-def test_each_problem_kind(pair_folders: tuple[Path, Path], rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_problem_kind(
+    pair_folders: tuple[Path, Path], rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images, masks = pair_folders
-    (masks / "img_0.png").unlink()                                          # image without mask
-    save_png(masks / "orphan.png", np.zeros((40, 48), dtype=np.uint8))     # mask without image
-    save_png(masks / "img_1.png", np.zeros((30, 48), dtype=np.uint8))      # size mismatch
+    (masks / "img_0.png").unlink()  # image without mask
+    save_png(masks / "orphan.png", np.zeros((40, 48), dtype=np.uint8))  # mask without image
+    save_png(masks / "img_1.png", np.zeros((30, 48), dtype=np.uint8))  # size mismatch
     data = (images / "img_2.png").read_bytes()
-    (images / "img_2.png").write_bytes(data[: len(data) // 2])              # truncated image
+    (images / "img_2.png").write_bytes(data[: len(data) // 2])  # truncated image
     bad = np.zeros((40, 48), dtype=np.uint8)
     bad[0, :3] = 7
-    save_png(masks / "img_3.png", bad)                                       # not a class
+    save_png(masks / "img_3.png", bad)  # not a class
     Image.fromarray(np.zeros((40, 48), dtype=np.uint8)).save(masks / "sub" / "img_5.jpg")
-    (masks / "sub" / "img_5.png").unlink()                                   # lossy mask (warning)
-    save_png(images / "img_4.png", rng.integers(0, 256, (40, 48, 4), dtype=np.uint8))  # RGBA (warning)
+    (masks / "sub" / "img_5.png").unlink()  # lossy mask (warning)
+    save_png(
+        images / "img_4.png", rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    )  # RGBA (warning)
 
     monkeypatch.setattr(io, "_alpha_warned", False)
     with pytest.warns(UserWarning, match="alpha"):  # read_image's own one-time warning
@@ -60,8 +64,13 @@ def test_each_problem_kind(pair_folders: tuple[Path, Path], rng: np.random.Gener
     }
     assert len(report.problems) == len(expected)
     for path, problem in expected.items():
-        assert any(p.startswith(f"{path}: ") and problem in p for p in report.problems), (path, report.problems)
-    assert any(w.startswith(str(masks / "sub" / "img_5.jpg")) and "lossy" in w for w in report.warnings)
+        assert any(p.startswith(f"{path}: ") and problem in p for p in report.problems), (
+            path,
+            report.problems,
+        )
+    assert any(
+        w.startswith(str(masks / "sub" / "img_5.jpg")) and "lossy" in w for w in report.warnings
+    )
     assert any(w.startswith(str(images / "img_4.png")) and "alpha" in w for w in report.warnings)
     text = _text(report)
     assert "5 problem(s)" in text and "orphan.png" in text
@@ -70,7 +79,10 @@ def test_each_problem_kind(pair_folders: tuple[Path, Path], rng: np.random.Gener
 def test_missing_and_empty_folders(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     report = check_folders(tmp_path / "empty", tmp_path / "gone", make_data_config())
-    assert report.problems == [f"{tmp_path / 'empty'}: no images found (looked for png, jpg, tif, bmp files)", f"{tmp_path / 'gone'}: folder not found"]
+    assert report.problems == [
+        f"{tmp_path / 'empty'}: no images found (looked for png, jpg, tif, bmp files)",
+        f"{tmp_path / 'gone'}: folder not found",
+    ]
     assert report.n_pairs == 0 and not report.ok
     _text(report)  # renders without a histogram
 

@@ -17,7 +17,9 @@ from segkit.errors import ConfigError, DataError
 from tests.data.conftest import make_config, make_data_config, save_png
 
 
-def test_find_pairs_by_subfolder_and_stem(pair_folders: tuple[Path, Path], rng: np.random.Generator) -> None:
+def test_find_pairs_by_subfolder_and_stem(
+    pair_folders: tuple[Path, Path], rng: np.random.Generator
+) -> None:
     images, masks = pair_folders
     # an image in JPEG with a PNG mask still pairs by stem
     save_png(images / "photo 1 é.jpg", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
@@ -40,7 +42,9 @@ def test_find_pairs_names_first_unmatched(pair_folders: tuple[Path, Path]) -> No
         find_pairs(images, masks)
 
 
-def test_find_pairs_rejects_duplicate_stems_and_empty(pair_folders: tuple[Path, Path], tmp_path: Path) -> None:
+def test_find_pairs_rejects_duplicate_stems_and_empty(
+    pair_folders: tuple[Path, Path], tmp_path: Path
+) -> None:
     images, masks = pair_folders
     shutil.copy(images / "img_0.png", images / "img_0.bmp")
     with pytest.raises(DataError, match="has the same name as"):
@@ -67,12 +71,16 @@ def test_dataset_size_mismatch_names_both_files(pair_folders: tuple[Path, Path])
     images, masks = pair_folders
     save_png(masks / "img_1.png", np.zeros((40, 47), dtype=np.uint8))
     ds = SegmentationDataset(find_pairs(images, masks), make_data_config())
-    with pytest.raises(DataError, match=r"img_1\.png: image is 48x40 but its mask .*img_1\.png is 47x40"):
+    with pytest.raises(
+        DataError, match=r"img_1\.png: image is 48x40 but its mask .*img_1\.png is 47x40"
+    ):
         ds[1]
 
 
 def _module(images: Path, masks: Path, **data: Any) -> SegmentationDataModule:
-    return SegmentationDataModule(make_config({"train": {"images": str(images), "masks": str(masks)}, **data}), stride=8)
+    return SegmentationDataModule(
+        make_config({"train": {"images": str(images), "masks": str(masks)}, **data}), stride=8
+    )
 
 
 def test_split_is_seeded_disjoint_and_complete(pair_folders: tuple[Path, Path]) -> None:
@@ -85,7 +93,12 @@ def test_split_is_seeded_disjoint_and_complete(pair_folders: tuple[Path, Path]) 
     assert sorted(a.train_pairs + a.val_pairs) == find_pairs(images, masks)
     other_seeds = []
     for seed in range(1, 6):
-        dm = SegmentationDataModule(make_config({"train": {"images": str(images), "masks": str(masks)}, "val_fraction": 0.34}, run={"seed": seed}))
+        dm = SegmentationDataModule(
+            make_config(
+                {"train": {"images": str(images), "masks": str(masks)}, "val_fraction": 0.34},
+                run={"seed": seed},
+            )
+        )
         dm.setup("fit")
         other_seeds.append(dm.val_pairs)
     assert any(v != a.val_pairs for v in other_seeds)
@@ -110,11 +123,18 @@ def test_loaders(pair_folders: tuple[Path, Path]) -> None:
 
 def test_explicit_val_and_no_io_in_init(pair_folders: tuple[Path, Path], tmp_path: Path) -> None:
     images, masks = pair_folders
-    config = make_config({"train": {"images": str(images), "masks": str(masks)}, "val": {"images": str(images), "masks": str(masks)}})
+    config = make_config(
+        {
+            "train": {"images": str(images), "masks": str(masks)},
+            "val": {"images": str(images), "masks": str(masks)},
+        }
+    )
     dm = SegmentationDataModule(config)
     dm.setup("fit")
     assert dm.val_pairs == dm.train_pairs == find_pairs(images, masks)
-    missing = SegmentationDataModule(make_config({"train": {"images": str(tmp_path / "x"), "masks": str(tmp_path / "y")}}))
+    missing = SegmentationDataModule(
+        make_config({"train": {"images": str(tmp_path / "x"), "masks": str(tmp_path / "y")}})
+    )
     with pytest.raises(DataError, match="folder not found"):
         missing.setup("fit")  # nothing was touched before setup
     with pytest.raises(ConfigError, match="data.train is not set"):
@@ -128,13 +148,17 @@ def test_split_needs_two_pairs(tmp_path: Path, rng: np.random.Generator) -> None
         _module(tmp_path / "i", tmp_path / "m").setup("fit")
 
 
-def test_workers_get_distinct_augmentation_streams(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_workers_get_distinct_augmentation_streams(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     """albumentations keeps its own RNG: without reseeding, every worker would repeat the same crops."""
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for i in range(6):
         save_png(tmp_path / "i" / f"{i}.png", image)
         save_png(tmp_path / "m" / f"{i}.png", np.zeros((64, 64), dtype=np.uint8))
-    dm = _module(tmp_path / "i", tmp_path / "m", val_fraction=0.0, patch_size=16, batch_size=1, num_workers=2)
+    dm = _module(
+        tmp_path / "i", tmp_path / "m", val_fraction=0.0, patch_size=16, batch_size=1, num_workers=2
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.persistent_workers

@@ -35,6 +35,7 @@ def _png_bytes(array: np.ndarray, tmp_path: Path, name: str = "full.png") -> byt
 
 # --- errors: each names the file and the problem -------------------------------------------
 
+
 def test_zero_byte_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.png"
     path.write_bytes(b"")
@@ -93,7 +94,9 @@ def test_unreadable_permissions(tmp_path: Path, rgb: np.ndarray) -> None:
         path.chmod(0o644)
 
 
-def test_permission_error_is_reported_even_as_root(tmp_path: Path, rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_permission_error_is_reported_even_as_root(
+    tmp_path: Path, rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = save_png(tmp_path / "locked.png", rgb)
 
     def denied(*args: object, **kwargs: object) -> None:
@@ -110,7 +113,10 @@ def test_decompression_bomb_guard(tmp_path: Path) -> None:
     tif = tmp_path / "big.tif"
     tifffile.imwrite(tif, np.zeros((100, 200), dtype=np.uint8))
     for path in (png, tif):
-        with pytest.raises(DataError, match=r"big\.(png|tif): image is 200x100 = 20000 pixels, more than the limit of 19999"):
+        with pytest.raises(
+            DataError,
+            match=r"big\.(png|tif): image is 200x100 = 20000 pixels, more than the limit of 19999",
+        ):
             read_image(path, max_pixels=19_999)
         with pytest.raises(DataError, match="decompression"):
             read_mask(path, max_pixels=10_000)
@@ -122,12 +128,20 @@ def test_decompression_bomb_guard(tmp_path: Path) -> None:
 
 def test_channel_mismatch_is_named(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "bands.tif"
-    tifffile.imwrite(path, rng.integers(0, 255, (16, 16, 5), dtype=np.uint8), photometric="minisblack", planarconfig="contig")
-    with pytest.raises(DataError, match=r"bands\.tif: image has 5 channels but data.in_channels is 3"):
+    tifffile.imwrite(
+        path,
+        rng.integers(0, 255, (16, 16, 5), dtype=np.uint8),
+        photometric="minisblack",
+        planarconfig="contig",
+    )
+    with pytest.raises(
+        DataError, match=r"bands\.tif: image has 5 channels but data.in_channels is 3"
+    ):
         read_image(path, in_channels=3)
 
 
 # --- formats, dtypes and channels ----------------------------------------------------------
+
 
 def test_rgb_png_roundtrip_and_float(tmp_path: Path, rgb: np.ndarray) -> None:
     path = save_png(tmp_path / "a.png", rgb)
@@ -200,7 +214,9 @@ def test_float_tiff_passes_through(tmp_path: Path, rng: np.random.Generator) -> 
 
 def test_multiband_planar_tiff_is_hwc(tmp_path: Path, rng: np.random.Generator) -> None:
     bands = rng.integers(0, 65535, (5, 16, 18), dtype=np.uint16)  # channels-first (planar) storage
-    tifffile.imwrite(tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate"
+    )
     image = read_image(tmp_path / "planar.tif", in_channels=5)
     assert image.shape == (16, 18, 5)
     for c in range(5):
@@ -208,7 +224,9 @@ def test_multiband_planar_tiff_is_hwc(tmp_path: Path, rng: np.random.Generator) 
     assert read_header(tmp_path / "planar.tif") == (16, 18, 5, "tiff")
 
 
-def test_rgba_warns_once_and_drops_alpha(tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rgba_warns_once_and_drops_alpha(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(io, "_alpha_warned", False)
     rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
     path = save_png(tmp_path / "rgba.png", rgba)
@@ -240,9 +258,14 @@ def test_names_with_spaces_and_non_ascii(tmp_path: Path, rgb: np.ndarray) -> Non
 
 # --- folder listing ---------------------------------------------------------------------------
 
+
 def test_list_images_recursive_sorted_filtered(tmp_path: Path, rgb: np.ndarray) -> None:
     root = tmp_path / "imgs"
-    keep = [save_png(root / "b.PNG", rgb), save_png(root / "a.png", rgb), save_png(root / "sub" / "c.png", rgb)]
+    keep = [
+        save_png(root / "b.PNG", rgb),
+        save_png(root / "a.png", rgb),
+        save_png(root / "sub" / "c.png", rgb),
+    ]
     Image.fromarray(rgb).save(root / "d.JPG")
     keep.append(root / "d.JPG")
     (root / "notes.txt").write_text("x")
@@ -270,6 +293,7 @@ def test_list_images_missing_folder(tmp_path: Path) -> None:
 
 # --- writing ----------------------------------------------------------------------------------
 
+
 def test_write_image_is_atomic_and_roundtrips(tmp_path: Path, rng: np.random.Generator) -> None:
     mask = rng.integers(0, 4, (9, 7), dtype=np.uint8)
     bands = rng.random((9, 7, 4)).astype(np.float32)
@@ -277,7 +301,10 @@ def test_write_image_is_atomic_and_roundtrips(tmp_path: Path, rng: np.random.Gen
     write_image(tmp_path / "out" / "b.tiff", bands)
     np.testing.assert_array_equal(read_mask(tmp_path / "out" / "m.png"), mask)
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "b.tiff"), bands)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.tiff", "m.png"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "b.tiff",
+        "m.png",
+    ]  # no temp files left
 
 
 def test_write_image_failure_leaves_nothing(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from tests.data.conftest import make_data_config
 
 
 def _masks(info: dict, encoding: str) -> list[np.ndarray]:
-    data = make_data_config(classes=info["classes"], mask_encoding=encoding, palette=info["palette"])
+    data = make_data_config(
+        classes=info["classes"], mask_encoding=encoding, palette=info["palette"]
+    )
     return [load_mask(m, data) for _, m in find_pairs(info["train_images"], info["train_masks"])]
 
 
@@ -36,15 +38,24 @@ def test_seeded(tmp_path: Path) -> None:
     a = make_shapes_dataset(tmp_path / "a", n_train=2, n_val=1, size=64, seed=5)
     b = make_shapes_dataset(tmp_path / "b", n_train=2, n_val=1, size=64, seed=5)
     c = make_shapes_dataset(tmp_path / "c", n_train=2, n_val=1, size=64, seed=6)
-    same = (a["train_images"] / "001.png").read_bytes() == (b["train_images"] / "001.png").read_bytes()
+    same = (a["train_images"] / "001.png").read_bytes() == (
+        b["train_images"] / "001.png"
+    ).read_bytes()
     assert same
-    assert (a["train_images"] / "001.png").read_bytes() != (c["train_images"] / "001.png").read_bytes()
+    assert (a["train_images"] / "001.png").read_bytes() != (
+        c["train_images"] / "001.png"
+    ).read_bytes()
 
 
 def test_encodings_agree(tmp_path: Path) -> None:
     index = _masks(make_shapes_dataset(tmp_path / "i", n_train=3, n_val=0, size=64), "index")
-    palette = _masks(make_shapes_dataset(tmp_path / "p", n_train=3, n_val=0, size=64, mask_encoding="palette"), "palette")
-    binary_info = make_shapes_dataset(tmp_path / "b", n_train=3, n_val=0, size=64, mask_encoding="binary")
+    palette = _masks(
+        make_shapes_dataset(tmp_path / "p", n_train=3, n_val=0, size=64, mask_encoding="palette"),
+        "palette",
+    )
+    binary_info = make_shapes_dataset(
+        tmp_path / "b", n_train=3, n_val=0, size=64, mask_encoding="binary"
+    )
     assert binary_info["classes"] == ["background", "shape"]
     binary = _masks(binary_info, "binary")
     for i, p, b in zip(index, palette, binary, strict=True):

@@ -47,7 +47,9 @@ def test_val_pads_to_stride_top_left_and_normalises(rng: np.random.Generator) ->
     out = build_transforms(config, "val", stride=32)(image=image, mask=mask)
     assert out["image"].shape == (3, 64, 64)
     m = out["mask"].numpy()
-    np.testing.assert_array_equal(m[:40, :50], mask)  # the original sits top-left: crop back with [:h, :w]
+    np.testing.assert_array_equal(
+        m[:40, :50], mask
+    )  # the original sits top-left: crop back with [:h, :w]
     assert (m[40:] == 255).all() and (m[:, 50:] == 255).all()
     mean = np.array(config.data.resolved_mean(), dtype=np.float32)
     std = np.array(config.data.resolved_std(), dtype=np.float32)
@@ -55,13 +57,23 @@ def test_val_pads_to_stride_top_left_and_normalises(rng: np.random.Generator) ->
     np.testing.assert_allclose(out["image"][:, :40, :50].numpy(), expected, rtol=1e-5, atol=1e-5)
     # an image already a multiple of the stride is not padded
     image2, mask2 = _sample(rng, 64, 96)
-    assert build_transforms(config, "val", stride=32)(image=image2, mask=mask2)["image"].shape == (3, 64, 96)
-    assert build_transforms(config, "val", stride=8)(image=image, mask=mask)["image"].shape == (3, 40, 56)
+    assert build_transforms(config, "val", stride=32)(image=image2, mask=mask2)["image"].shape == (
+        3,
+        64,
+        96,
+    )
+    assert build_transforms(config, "val", stride=8)(image=image, mask=mask)["image"].shape == (
+        3,
+        40,
+        56,
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 5])
 def test_any_channel_count(rng: np.random.Generator, channels: int) -> None:
-    config = make_config({"in_channels": channels}, augment={"scale": [0.75, 1.25], "color_jitter": 1.0})
+    config = make_config(
+        {"in_channels": channels}, augment={"scale": [0.75, 1.25], "color_jitter": 1.0}
+    )
     image, mask = _sample(rng, 50, 70, channels)
     train = build_transforms(config, "train")(image=image, mask=mask)
     val = build_transforms(config, "val")(image=image, mask=mask)

@@ -28,7 +28,12 @@ from segkit.utils import is_temporary_file
 from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
-QUIET = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
+QUIET = {
+    "accelerator": "cpu",
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,
+}
 CLASSES = ["background", "circle", "rectangle", "triangle"]
 
 
@@ -52,7 +57,10 @@ def config_dict(data: dict[str, Any], runs: Path, **sections: Any) -> dict[str, 
         "data": {
             "train": {"images": str(data["train_images"]), "masks": str(data["train_masks"])},
             "val": {"images": str(data["val_images"]), "masks": str(data["val_masks"])},
-            "classes": list(data["classes"]), "patch_size": 64, "batch_size": 4, "num_workers": 0,
+            "classes": list(data["classes"]),
+            "patch_size": 64,
+            "batch_size": 4,
+            "num_workers": 0,
         },
         "model": dict(TINY_MODEL),
         "optimizer": {"lr": 0.01},
@@ -81,7 +89,13 @@ def shapes(tmp_path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TINY_MODEL bundle (4 classes, tile 64) with seeded random weights: predicts quickly."""
-    cfg = load_config({"data": {"classes": CLASSES, "patch_size": 64}, "model": TINY_MODEL, "predict": {"tile": 64, "batch_size": 4}})
+    cfg = load_config(
+        {
+            "data": {"classes": CLASSES, "patch_size": 64},
+            "model": TINY_MODEL,
+            "predict": {"tile": 64, "batch_size": 4},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model, len(CLASSES), 3).eval()
     return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny.ckpt", cfg, model)
@@ -120,15 +134,21 @@ def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
-def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, log: Path) -> None:
+def kill_when(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, log: Path
+) -> None:
     """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every 5 ms); fail if it ends first."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"the process ended (rc {proc.returncode}) before the kill point:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(
+                f"the process ended (rc {proc.returncode}) before the kill point:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"kill point not reached in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+            pytest.fail(
+                f"kill point not reached in {timeout}s:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -23,25 +23,75 @@ def _train(cfg_path: Path, *overrides: str) -> int:
 
 CASES = [
     # (overrides, exit code, fragments of the one error line)
-    (["model.encodr=resnet18"], 2, ["unknown key 'model.encodr' — did you mean model.encoder?", "(allowed: arch, encoder, encoder_weights, kwargs)"]),
+    (
+        ["model.encodr=resnet18"],
+        2,
+        [
+            "unknown key 'model.encodr' — did you mean model.encoder?",
+            "(allowed: arch, encoder, encoder_weights, kwargs)",
+        ],
+    ),
     (["optimiser.lr=0.1"], 2, ["unknown key 'optimiser' — did you mean optimizer?"]),
-    (["trainer.max_epoch=3"], 2, ["unknown key 'trainer.max_epoch' — did you mean trainer.max_epochs"]),
-    (["trainer.max_epochs=many"], 2, ["trainer.max_epochs: Input should be a valid integer", "(got 'many')"]),
+    (
+        ["trainer.max_epoch=3"],
+        2,
+        ["unknown key 'trainer.max_epoch' — did you mean trainer.max_epochs"],
+    ),
+    (
+        ["trainer.max_epochs=many"],
+        2,
+        ["trainer.max_epochs: Input should be a valid integer", "(got 'many')"],
+    ),
     (["data.val_fraction=1.5"], 2, ["data.val_fraction: Input should be less than 1", "(got 1.5)"]),
-    (["data.mask_encoding=rgb"], 2, ["data.mask_encoding: Input should be 'index', 'binary' or 'palette'", "(got 'rgb')"]),
+    (
+        ["data.mask_encoding=rgb"],
+        2,
+        ["data.mask_encoding: Input should be 'index', 'binary' or 'palette'", "(got 'rgb')"],
+    ),
     (["data.classes=[a, a]"], 2, ["classes must be unique, got ['a', 'a']"]),
     (["data.ignore_index=1"], 2, ["ignore_index 1 collides with a class index (0..3); use 255"]),
-    (["predict.blend=smooth"], 2, ["predict.blend: Input should be 'constant', 'gaussian' or 'cosine'", "(got 'smooth')"]),
-    (["model.arch=Unett"], 1, ["model.arch: unknown architecture 'Unett' — did you mean Unet", "(valid: "]),
-    (["model.encoder=resnet343"], 1, ["model.encoder: unknown encoder 'resnet343' — did you mean resnet34", "(valid: "]),
-    (["model.encoder=tu-resnet10x"], 1, ["model.encoder: unknown timm encoder 'tu-resnet10x' — did you mean tu-resnet10t"]),
-    (["data.classes=[background, circle]"], 1, ["mask values [2, 3]", "are not classes 0..1 or ignore_index 255"]),
+    (
+        ["predict.blend=smooth"],
+        2,
+        ["predict.blend: Input should be 'constant', 'gaussian' or 'cosine'", "(got 'smooth')"],
+    ),
+    (
+        ["model.arch=Unett"],
+        1,
+        ["model.arch: unknown architecture 'Unett' — did you mean Unet", "(valid: "],
+    ),
+    (
+        ["model.encoder=resnet343"],
+        1,
+        ["model.encoder: unknown encoder 'resnet343' — did you mean resnet34", "(valid: "],
+    ),
+    (
+        ["model.encoder=tu-resnet10x"],
+        1,
+        ["model.encoder: unknown timm encoder 'tu-resnet10x' — did you mean tu-resnet10t"],
+    ),
+    (
+        ["data.classes=[background, circle]"],
+        1,
+        ["mask values [2, 3]", "are not classes 0..1 or ignore_index 255"],
+    ),
     (["data.train.images=/nonexistent/images"], 1, ["/nonexistent/images: folder not found"]),
-    (["run.resume=last"], 2, ["run.resume=last: checkpoint", "last.ckpt not found (set run.name to the run folder to resume)"]),
+    (
+        ["run.resume=last"],
+        2,
+        [
+            "run.resume=last: checkpoint",
+            "last.ckpt not found (set run.name to the run folder to resume)",
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "code", "fragments"), CASES, ids=[c[0][0].split("=")[0] + "=" + c[0][0].split("=")[1][:12] for c in CASES])
+@pytest.mark.parametrize(
+    ("overrides", "code", "fragments"),
+    CASES,
+    ids=[c[0][0].split("=")[0] + "=" + c[0][0].split("=")[1][:12] for c in CASES],
+)
 def test_bad_config_is_refused_before_work(cfg_path, tmp_path, capsys, overrides, code, fragments):
     assert _train(cfg_path, *overrides) == code
     err = capsys.readouterr().err
@@ -61,7 +111,10 @@ def test_bad_values_in_the_yaml_file_name_the_file_and_key(shapes, tmp_path, cap
     assert _train(path) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ")
-    assert "optimizer.lr: Input should be a valid number" in err and "at least one loss weight must be > 0" in err
+    assert (
+        "optimizer.lr: Input should be a valid number" in err
+        and "at least one loss weight must be > 0" in err
+    )
     assert len(error_lines(err)) == 1
 
 
@@ -71,7 +124,9 @@ def test_broken_yaml_and_missing_config(tmp_path, capsys):
     assert _train(broken) == 2
     assert capsys.readouterr().err.startswith(f"error: {broken}: not valid YAML")
     assert _train(tmp_path / "nope.yaml") == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: config file not found"
+    assert (
+        capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: config file not found"
+    )
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     assert _train(listing) == 2
@@ -80,7 +135,9 @@ def test_broken_yaml_and_missing_config(tmp_path, capsys):
 
 def test_override_that_is_not_key_value(cfg_path, capsys):
     assert _train(cfg_path, "=5") == 2
-    assert "override '=5' is not KEY=VALUE (example: trainer.max_epochs=5)" in capsys.readouterr().err
+    assert (
+        "override '=5' is not KEY=VALUE (example: trainer.max_epochs=5)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("content", [b"", b"not a torch file"])
@@ -89,5 +146,7 @@ def test_unreadable_local_encoder_weights(cfg_path, tmp_path, capsys, content):
     weights.write_bytes(content)
     assert _train(cfg_path, f"model.encoder_weights={weights}") == 1
     err = capsys.readouterr().err
-    assert len(error_lines(err)) == 1 and err.startswith(f"error: {weights}: cannot read encoder weights (")
+    assert len(error_lines(err)) == 1 and err.startswith(
+        f"error: {weights}: cannot read encoder weights ("
+    )
     assert not (tmp_path / "runs").exists()

@@ -30,13 +30,17 @@ BIG = 100_000  # sides of the decompression bomb: 10^10 pixels declared in a 100
 
 def _noise_png(path: Path) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
 def _noise_jpeg() -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=95)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=95
+    )
     return buf.getvalue()
 
 
@@ -47,16 +51,33 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def bomb_png() -> bytes:
     """A valid-looking PNG header declaring BIG x BIG gray pixels (10 GB decoded) in ~100 bytes."""
     ihdr = struct.pack(">IIBBBBB", BIG, BIG, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _chunk(b"IEND", b"")
+    )
 
 
 # name -> (writes the bad file at the given path, what the error line says about it)
 BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
     "zero-byte": (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
-    "truncated-png": (lambda p: p.write_bytes(_noise_png(p)[:2000]), "file is truncated or corrupt"),
-    "truncated-jpeg": (lambda p: p.with_suffix(".jpg").write_bytes(_noise_jpeg()[:3000]), "file is truncated or corrupt"),
-    "text-named-png": (lambda p: p.write_text("hello, I am not an image\n"), "not an image file (format not recognised)"),
-    "decompression-bomb": (lambda p: p.write_bytes(bomb_png()), "refused as a possible decompression bomb"),
+    "truncated-png": (
+        lambda p: p.write_bytes(_noise_png(p)[:2000]),
+        "file is truncated or corrupt",
+    ),
+    "truncated-jpeg": (
+        lambda p: p.with_suffix(".jpg").write_bytes(_noise_jpeg()[:3000]),
+        "file is truncated or corrupt",
+    ),
+    "text-named-png": (
+        lambda p: p.write_text("hello, I am not an image\n"),
+        "not an image file (format not recognised)",
+    ),
+    "decompression-bomb": (
+        lambda p: p.write_bytes(bomb_png()),
+        "refused as a possible decompression bomb",
+    ),
 }
 
 
@@ -109,7 +130,9 @@ def test_predict_skips_the_bad_image_and_predicts_the_rest(case, bundle, tmp_pat
     out = tmp_path / "out"
     assert main(_predict(bundle, src, out)) == 1
     captured = capsys.readouterr()
-    assert error_lines(captured.err) == [f"error: {bad}: {problem}" + captured.err.split(problem, 1)[1].rstrip()]
+    assert error_lines(captured.err) == [
+        f"error: {bad}: {problem}" + captured.err.split(problem, 1)[1].rstrip()
+    ]
     assert "2 images predicted" in captured.out and "1 failed" in captured.out
     records = {Path(r["input"]).name: r for r in read_manifest(out)}
     assert records[bad.name]["status"] == "failed" and problem in records[bad.name]["error"]
@@ -127,10 +150,16 @@ def test_bomb_is_refused_from_the_header_in_training_too(tmp_path, capsys):
     assert main(_check_data(images, masks, "data.max_image_pixels=5000")) == 1
     err = capsys.readouterr().err
     # PIL's own guard (set to data.max_image_pixels for the call) fires first, from the header alone
-    assert f"error: {images / 'bomb.png'}: refused as a possible decompression bomb (Image size ({BIG * BIG} pixels) exceeds limit" in err
+    assert (
+        f"error: {images / 'bomb.png'}: refused as a possible decompression bomb (Image size ({BIG * BIG} pixels) exceeds limit"
+        in err
+    )
     # the same limit refuses ordinary images that are bigger than the user allows
     assert main(_check_data(images, masks, "data.max_image_pixels=4000")) == 1
-    assert f"{images / 'good_0.png'}: image is 64x64 = 4096 pixels, more than the limit of 4000" in capsys.readouterr().err
+    assert (
+        f"{images / 'good_0.png'}: image is 64x64 = 4096 pixels, more than the limit of 4000"
+        in capsys.readouterr().err
+    )
 
 
 def test_unreadable_file(tmp_path, capsys, monkeypatch, bundle):
@@ -150,10 +179,14 @@ def test_unreadable_file(tmp_path, capsys, monkeypatch, bundle):
         locked.chmod(0)
     try:
         assert main(_check_data(images, masks)) == 1
-        assert f"error: {locked}: permission denied (cannot read the file)" in capsys.readouterr().err
+        assert (
+            f"error: {locked}: permission denied (cannot read the file)" in capsys.readouterr().err
+        )
         assert main(_predict(bundle, images, tmp_path / "out")) == 1
         captured = capsys.readouterr()
-        assert error_lines(captured.err) == [f"error: {locked}: permission denied (cannot read the file)"]
+        assert error_lines(captured.err) == [
+            f"error: {locked}: permission denied (cannot read the file)"
+        ]
         assert "1 image predicted" in captured.out and (tmp_path / "out" / "good_0.png").is_file()
     finally:
         locked.chmod(0o644)
@@ -164,12 +197,20 @@ def test_empty_folders(tmp_path, capsys, bundle):
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
     assert main(_check_data(empty, empty)) == 1
-    assert f"error: {empty}: no images found (looked for png, jpg, tif, bmp files)" in capsys.readouterr().err
+    assert (
+        f"error: {empty}: no images found (looked for png, jpg, tif, bmp files)"
+        in capsys.readouterr().err
+    )
     assert main(_predict(bundle, empty, tmp_path / "out")) == 1
     err = capsys.readouterr().err
-    assert error_lines(err) == [f"error: {empty}: no images found (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, recursively)"]
+    assert error_lines(err) == [
+        f"error: {empty}: no images found (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, recursively)"
+    ]
     assert main(_predict(bundle, tmp_path / "missing", tmp_path / "out")) == 1
-    assert f"error: {tmp_path / 'missing'}: no such image file, folder or glob pattern" in capsys.readouterr().err
+    assert (
+        f"error: {tmp_path / 'missing'}: no such image file, folder or glob pattern"
+        in capsys.readouterr().err
+    )
 
 
 # --- masks that must be refused (training side) --------------------------------------------
@@ -180,7 +221,10 @@ def test_mask_of_another_size(tmp_path, capsys):
     save_png(masks / "good_1.png", np.zeros((32, 48), np.uint8))
     assert main(_check_data(images, masks)) == 1
     err = capsys.readouterr().err
-    assert f"error: {images / 'good_1.png'}: image is 64x64 but its mask {masks / 'good_1.png'} is 48x32 (width x height)" in err
+    assert (
+        f"error: {images / 'good_1.png'}: image is 64x64 but its mask {masks / 'good_1.png'} is 48x32 (width x height)"
+        in err
+    )
 
 
 def test_mask_values_neither_class_nor_ignore_index(tmp_path, capsys):
@@ -191,7 +235,10 @@ def test_mask_values_neither_class_nor_ignore_index(tmp_path, capsys):
     save_png(masks / "good_0.png", mask)
     assert main(_check_data(images, masks)) == 1
     err = capsys.readouterr().err
-    assert f"error: {masks / 'good_0.png'}: mask values [7] (6 pixels) are not classes 0..1 or ignore_index 255" in err
+    assert (
+        f"error: {masks / 'good_0.png'}: mask values [7] (6 pixels) are not classes 0..1 or ignore_index 255"
+        in err
+    )
 
 
 def test_palette_colour_not_in_the_palette(tmp_path, capsys):
@@ -201,10 +248,16 @@ def test_palette_colour_not_in_the_palette(tmp_path, capsys):
     rgb[10:12, :4] = (1, 2, 3)
     save_png(masks / "good_0.png", rgb)
     save_png(masks / "good_1.png", np.zeros((64, 64, 3), np.uint8))
-    cfg = ["data.mask_encoding=palette", "data.palette={background: [0, 0, 0], foreground: [255, 0, 0]}"]
+    cfg = [
+        "data.mask_encoding=palette",
+        "data.palette={background: [0, 0, 0], foreground: [255, 0, 0]}",
+    ]
     assert main(_check_data(images, masks, *cfg)) == 1
     err = capsys.readouterr().err
-    assert f"error: {masks / 'good_0.png'}: mask colours (1, 2, 3): 8 px are not in data.palette (background=[0, 0, 0], foreground=[255, 0, 0])" in err
+    assert (
+        f"error: {masks / 'good_0.png'}: mask colours (1, 2, 3): 8 px are not in data.palette (background=[0, 0, 0], foreground=[255, 0, 0])"
+        in err
+    )
 
 
 def test_training_refuses_bad_data_before_it_starts(shapes, tmp_path, capsys):
@@ -236,7 +289,13 @@ def _special_images(folder: Path) -> dict[str, np.ndarray]:
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
     Image.fromarray(rgba, "RGBA").save(folder / "alpha 2.png")
     save_png(folder / "with space ü ñ 日本.png", rgb)
-    return {"cmyk.jpg": rgb, "deep.tif": rgb, "alpha.png": rgb, "alpha 2.png": rgb, "with space ü ñ 日本.png": rgb}
+    return {
+        "cmyk.jpg": rgb,
+        "deep.tif": rgb,
+        "alpha.png": rgb,
+        "alpha 2.png": rgb,
+        "with space ü ñ 日本.png": rgb,
+    }
 
 
 def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
@@ -246,12 +305,18 @@ def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     for name in _special_images(images):
-        save_png(masks / (Path(name).stem + ".png"), (picture(seed=3)[..., 0] > 127).astype(np.uint8))
+        save_png(
+            masks / (Path(name).stem + ".png"), (picture(seed=3)[..., 0] > 127).astype(np.uint8)
+        )
     with pytest.warns(UserWarning, match="alpha channel dropped") as caught:
         assert main(_check_data(images, masks)) == 0
-    assert len([w for w in caught if "alpha" in str(w.message)]) == 1  # said once for two RGBA files
+    assert (
+        len([w for w in caught if "alpha" in str(w.message)]) == 1
+    )  # said once for two RGBA files
     out = capsys.readouterr().out
-    assert "image has an alpha channel, which is dropped (and 1 more files)" in out.replace("\n", "")
+    assert "image has an alpha channel, which is dropped (and 1 more files)" in out.replace(
+        "\n", ""
+    )
 
 
 def test_special_images_are_predicted(bundle, tmp_path, capsys, monkeypatch):
@@ -272,9 +337,13 @@ def test_special_images_are_predicted(bundle, tmp_path, capsys, monkeypatch):
     for name in expected:
         mask = np.array(Image.open(out / (Path(name).stem + ".png")))
         assert mask.shape == (64, 64), name
-        if name != "cmyk.jpg":  # lossless: exactly the RGB picture's prediction (alpha dropped, 16 bit scaled)
+        if (
+            name != "cmyk.jpg"
+        ):  # lossless: exactly the RGB picture's prediction (alpha dropped, 16 bit scaled)
             np.testing.assert_array_equal(mask, reference, err_msg=name)
-    manifest = [json.loads(line) for line in (out / MANIFEST).read_text(encoding="utf-8").splitlines()]
+    manifest = [
+        json.loads(line) for line in (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    ]
     assert {Path(r["input"]).name for r in manifest} == set(expected)
 
 

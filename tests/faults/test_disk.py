@@ -32,7 +32,17 @@ def src(tmp_path: Path) -> Path:
 
 
 def _predict(bundle: Path, src: Path, out: Path, *save: str) -> list[str]:
-    return ["predict", str(bundle), str(src), "--output", str(out), "--workers", "1", "--save", *save]
+    return [
+        "predict",
+        str(bundle),
+        str(src),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--save",
+        *save,
+    ]
 
 
 def _half_then_enospc(real):
@@ -50,7 +60,9 @@ def _half_then_enospc(real):
 
 
 @pytest.mark.parametrize("failing", ["index", "color", "probs"])
-def test_disk_full_mid_write_fails_that_image_and_leaves_nothing_partial(bundle, src, tmp_path, capsys, monkeypatch, failing):
+def test_disk_full_mid_write_fails_that_image_and_leaves_nothing_partial(
+    bundle, src, tmp_path, capsys, monkeypatch, failing
+):
     out = tmp_path / "out"
     if failing == "index":
         monkeypatch.setattr(writers, "_write_labels", _half_then_enospc(writers._write_labels))
@@ -71,10 +83,14 @@ def test_disk_full_mid_write_fails_that_image_and_leaves_nothing_partial(bundle,
         broken = out / "b_probs.npy"
     assert main(_predict(bundle, src, out, "index", "color", "probs")) == 1
     captured = capsys.readouterr()
-    assert error_lines(captured.err) == [f"error: {src / 'b.png'}: cannot write {broken}: {NO_SPACE}"]
+    assert error_lines(captured.err) == [
+        f"error: {src / 'b.png'}: cannot write {broken}: {NO_SPACE}"
+    ]
     assert "2 images predicted" in captured.out and "1 failed" in captured.out
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([MANIFEST] + [f"{s}{k}" for s in "ac" for k in (".png", "_color.png", "_probs.npy")])
+    assert names == sorted(
+        [MANIFEST] + [f"{s}{k}" for s in "ac" for k in (".png", "_color.png", "_probs.npy")]
+    )
     assert not temporaries(out)  # not even the half-written temporary of b
     status = {Path(r["input"]).name: (r["status"], r["error"]) for r in read_manifest(out)}
     assert status["b.png"] == ("failed", f"cannot write {broken}: {NO_SPACE}")
@@ -124,7 +140,11 @@ def test_disk_full_for_the_manifest(bundle, src, tmp_path, capsys, monkeypatch):
     assert main(_predict(bundle, src, out, "index")) == 1
     err = capsys.readouterr().err
     assert error_lines(err) == [f"error: cannot write {out / MANIFEST}: {NO_SPACE}"]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]  # the masks are complete
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png",
+        "b.png",
+        "c.png",
+    ]  # the masks are complete
     assert not temporaries(out)
 
 
@@ -132,4 +152,6 @@ def test_output_folder_that_cannot_be_created(bundle, src, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should go")
     assert main(_predict(bundle, src, blocker / "out", "index")) == 1
-    assert error_lines(capsys.readouterr().err) == [f"error: cannot write {blocker / 'out'}: Not a directory"]
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: cannot write {blocker / 'out'}: Not a directory"
+    ]

@@ -55,7 +55,11 @@ def reference(source, bundle, tmp_path_factory) -> dict[str, bytes]:
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png")) if not is_temporary_file(p)}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*.png"))
+        if not is_temporary_file(p)
+    }
 
 
 def _differences(got: dict[str, bytes], reference: dict[str, bytes]) -> list[str]:
@@ -65,12 +69,23 @@ def _differences(got: dict[str, bytes], reference: dict[str, bytes]) -> list[str
 
 def _finished(out: Path) -> int:
     """Images with both outputs in place (the two renames of one image are not one atomic step)."""
-    return sum(1 for p in out.rglob("*_color.png") if not is_temporary_file(p) and p.with_name(p.name.replace("_color", "")).is_file())
+    return sum(
+        1
+        for p in out.rglob("*_color.png")
+        if not is_temporary_file(p) and p.with_name(p.name.replace("_color", "")).is_file()
+    )
 
 
-def _resume_and_compare(bundle: Path, source: Path, out: Path, reference: dict[str, bytes], capsys) -> None:
+def _resume_and_compare(
+    bundle: Path, source: Path, out: Path, reference: dict[str, bytes], capsys
+) -> None:
     done_before = _finished(out)
-    assert main(["predict", str(bundle), str(source), "--output", str(out), *OPTIONS, "--skip-existing"]) == 0
+    assert (
+        main(
+            ["predict", str(bundle), str(source), "--output", str(out), *OPTIONS, "--skip-existing"]
+        )
+        == 0
+    )
     assert f"{N - done_before} images predicted, {done_before} skipped" in capsys.readouterr().out
     assert _differences(_outputs(out), reference) == []  # every output present and byte-identical
     assert not temporaries(out), temporaries(out)
@@ -80,22 +95,39 @@ def _resume_and_compare(bundle: Path, source: Path, out: Path, reference: dict[s
 
 def test_killed_mid_run_then_skip_existing(bundle, source, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    proc = start(segkit_cmd("predict", str(bundle), str(source), "--output", str(out), *OPTIONS), tmp_path, tmp_path / "log")
+    proc = start(
+        segkit_cmd("predict", str(bundle), str(source), "--output", str(out), *OPTIONS),
+        tmp_path,
+        tmp_path / "log",
+    )
     kill_when(proc, lambda: out.is_dir() and _finished(out) >= 5, timeout=180, log=tmp_path / "log")
     done = _outputs(out)
     assert 10 <= len(done) < 2 * N, f"{len(done)} outputs: the kill came too late to test anything"
     assert not (out / MANIFEST).exists()  # written at the end of a run
-    assert _differences(done, {k: reference[k] for k in done}) == []  # whatever carries a final name is complete
+    assert (
+        _differences(done, {k: reference[k] for k in done}) == []
+    )  # whatever carries a final name is complete
     _resume_and_compare(bundle, source, out, reference, capsys)
 
 
 def test_killed_mid_file_write_then_skip_existing(bundle, source, reference, tmp_path, capsys):
     out, marker = tmp_path / "out", tmp_path / "stalled"
-    cmd = python_cmd(STALL_MID_WRITE, str(marker), "predict", str(bundle), str(source), "--output", str(out), *OPTIONS)
+    cmd = python_cmd(
+        STALL_MID_WRITE,
+        str(marker),
+        "predict",
+        str(bundle),
+        str(source),
+        "--output",
+        str(out),
+        *OPTIONS,
+    )
     proc = start(cmd, tmp_path, tmp_path / "log")
     kill_when(proc, marker.exists, timeout=180, log=tmp_path / "log")
     left = temporaries(out)
-    assert any(p.name.endswith(".tmp.png") and "_color" in p.name for p in left), left  # the half-written file
+    assert any(p.name.endswith(".tmp.png") and "_color" in p.name for p in left), (
+        left
+    )  # the half-written file
     assert _finished(out) == 4
     done = _outputs(out)
     assert _differences(done, {k: reference[k] for k in done}) == []

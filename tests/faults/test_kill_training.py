@@ -71,7 +71,10 @@ def _metrics(run: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_killed_training_resumes_and_finishes(tmp_path, capsys):
     data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=2, size=64, seed=0)
-    cfg = write_config(tmp_path / "c.yaml", config_dict(data, tmp_path / "runs", trainer={"max_epochs": EPOCHS}, run={"name": "k"}))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        config_dict(data, tmp_path / "runs", trainer={"max_epochs": EPOCHS}, run={"name": "k"}),
+    )
     run = tmp_path / "runs" / "k"
 
     # 1. the real CLI, killed as soon as the first checkpoint exists (inside the next epoch)
@@ -105,7 +108,9 @@ def test_killed_training_resumes_and_finishes(tmp_path, capsys):
     assert train_steps == list(range(EPOCHS * STEPS_PER_EPOCH))
     val_epochs = [int(r["epoch"]) for r in rows if r.get("val/mIoU")]
     assert val_epochs == list(range(EPOCHS))
-    lr_steps = [int(r["step"]) for r in rows if any(k.startswith("lr-") and v for k, v in r.items())]
+    lr_steps = [
+        int(r["step"]) for r in rows if any(k.startswith("lr-") and v for k, v in r.items())
+    ]
     assert lr_steps == list(range(EPOCHS * STEPS_PER_EPOCH))
 
 

@@ -47,7 +47,9 @@ def image_dir(tmp_path: Path) -> Path:
 
 def test_checkpoint_with_pickled_code_is_refused_and_never_runs(evil, image_dir, tmp_path, capsys):
     path, marker = evil
-    with pytest.raises(ModelError, match=r"evil\.ckpt: refused: the checkpoint carries pickled objects"):
+    with pytest.raises(
+        ModelError, match=r"evil\.ckpt: refused: the checkpoint carries pickled objects"
+    ):
         load_bundle(path)
     commands = [
         ["predict", str(path), str(image_dir), "--output", str(tmp_path / "out")],
@@ -58,7 +60,9 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_runs(evil, image_dir,
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert error_lines(err) == [err.strip()], err  # exactly one line, no traceback
-        assert err.startswith(f"error: {path}: refused:") and "only load checkpoints you trust" in err
+        assert (
+            err.startswith(f"error: {path}: refused:") and "only load checkpoints you trust" in err
+        )
         assert not marker.exists(), f"the pickled payload ran during {argv[0]}"
     assert not (tmp_path / "out" / "a.png").exists() and not (tmp_path / "evil.onnx").exists()
     # The payload is live: an unsafe load would have run it (proves the test checks something).
@@ -83,10 +87,15 @@ def test_truncated_checkpoint_is_one_line_in_a_real_process(bundle, image_dir, t
     cut.write_bytes(data[: len(data) // 2])
     run = subprocess.run(
         segkit_cmd("predict", str(cut), str(image_dir), "--output", str(tmp_path / "out")),
-        env=child_env(), capture_output=True, text=True, timeout=120,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 1
-    assert error_lines(run.stderr) == [f"error: {cut}: " + run.stderr.split(f"error: {cut}: ", 1)[1].strip()]
+    assert error_lines(run.stderr) == [
+        f"error: {cut}: " + run.stderr.split(f"error: {cut}: ", 1)[1].strip()
+    ]
     assert "not a readable checkpoint (truncated or corrupt?)" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert not (tmp_path / "out" / "a.png").exists()
@@ -107,7 +116,10 @@ def test_foreign_checkpoints_are_named(tmp_path, image_dir, capsys):
     torch.save({"conv.weight": torch.zeros(1)}, plain)  # a bare state_dict, not a segkit bundle
     listed = tmp_path / "list.ckpt"
     torch.save([1, 2, 3], listed)
-    for path, problem in ((plain, "not a segkit checkpoint (no hyper_parameters.config"), (listed, "top level is list")):
+    for path, problem in (
+        (plain, "not a segkit checkpoint (no hyper_parameters.config"),
+        (listed, "top level is list"),
+    ):
         assert main(["predict", str(path), str(image_dir), "--output", str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
         assert len(error_lines(err)) == 1 and problem in err and str(path) in err
@@ -121,7 +133,8 @@ def _tiny_onnx(path: Path) -> Path:
     weight = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
     node = helper.make_node("Conv", ["image", "w"], ["logits"])
     graph = helper.make_graph(
-        [node], "tiny",
+        [node],
+        "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, "h", "w"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2, "h", "w"])],
         initializer=[weight],
@@ -135,12 +148,46 @@ def _tiny_onnx(path: Path) -> Path:
 def test_truncated_onnx_is_one_line_in_a_real_process(tmp_path, image_dir):
     good = _tiny_onnx(tmp_path / "good.onnx")
     # the intact file works (with the facts an ONNX file without segkit metadata needs)
-    assert main(["predict", str(good), str(image_dir), "--output", str(tmp_path / "ok"), "--classes", "a", "b", "--mean", "0", "0", "0", "--std", "1", "1", "1"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(good),
+                str(image_dir),
+                "--output",
+                str(tmp_path / "ok"),
+                "--classes",
+                "a",
+                "b",
+                "--mean",
+                "0",
+                "0",
+                "0",
+                "--std",
+                "1",
+                "1",
+                "1",
+            ]
+        )
+        == 0
+    )
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(good.read_bytes()[:60])
     run = subprocess.run(
-        segkit_cmd("predict", str(cut), str(image_dir), "--output", str(tmp_path / "out"), "--classes", "a", "b"),
-        env=child_env(), capture_output=True, text=True, timeout=120,
+        segkit_cmd(
+            "predict",
+            str(cut),
+            str(image_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--classes",
+            "a",
+            "b",
+        ),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 1, run.stderr
     assert len(error_lines(run.stderr)) == 1, run.stderr

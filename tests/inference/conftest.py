@@ -16,19 +16,34 @@ from tests.conftest import TINY_MODEL
 CLASSES = ["background", "red", "green", "blue"]
 
 
-def make_bundle(path: Path, in_channels: int = 3, classes: list[str] | None = None, seed: int = 0, predict: dict | None = None) -> Path:
+def make_bundle(
+    path: Path,
+    in_channels: int = 3,
+    classes: list[str] | None = None,
+    seed: int = 0,
+    predict: dict | None = None,
+) -> Path:
     """A TINY_MODEL bundle (stride 8) with fixed-seed random weights."""
     classes = classes or CLASSES
-    cfg = load_config({
-        "data": {"classes": classes, "in_channels": in_channels, "patch_size": 64},
-        "model": TINY_MODEL,
-        "predict": predict or {},
-    })
+    cfg = load_config(
+        {
+            "data": {"classes": classes, "in_channels": in_channels, "patch_size": 64},
+            "model": TINY_MODEL,
+            "predict": predict or {},
+        }
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.model, len(classes), in_channels)
     model.eval()
-    with torch.no_grad():  # centre each class's mean logit so every class wins somewhere (a fair test)
-        x = torch.from_numpy(shapes_image(128, 128, seed=99, channels=in_channels)).permute(2, 0, 1)[None].float() / 255
+    with (
+        torch.no_grad()
+    ):  # centre each class's mean logit so every class wins somewhere (a fair test)
+        x = (
+            torch.from_numpy(shapes_image(128, 128, seed=99, channels=in_channels))
+            .permute(2, 0, 1)[None]
+            .float()
+            / 255
+        )
         logits = model((x - 0.5) / 0.25)
         model.segmentation_head[0].bias -= logits.mean(dim=(0, 2, 3))
     return save_bundle(path, cfg, model)
@@ -36,12 +51,16 @@ def make_bundle(path: Path, in_channels: int = 3, classes: list[str] | None = No
 
 @pytest.fixture(scope="session")
 def bundle_path(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.ckpt", predict={"tile": 64, "batch_size": 4})
+    return make_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny.ckpt", predict={"tile": 64, "batch_size": 4}
+    )
 
 
 @pytest.fixture(scope="session")
 def gray_bundle_path(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle1") / "gray.ckpt", in_channels=1, predict={"tile": 64})
+    return make_bundle(
+        tmp_path_factory.mktemp("bundle1") / "gray.ckpt", in_channels=1, predict={"tile": 64}
+    )
 
 
 def shapes_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -70,7 +89,11 @@ def colour_scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(max(3, h * w // 800)):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 14)
         k = rng.integers(1, 4)
-        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2 if rng.random() < 0.5 else (abs(yy - cy) < r) & (abs(xx - cx) < r / 2)
+        inside = (
+            (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            if rng.random() < 0.5
+            else (abs(yy - cy) < r) & (abs(xx - cx) < r / 2)
+        )
         mask[inside] = k
     image = SCENE_COLORS[mask] + rng.normal(0, 20, (h, w, 3))
     return np.clip(image, 0, 255).astype(np.uint8), mask
@@ -80,13 +103,21 @@ def colour_scene(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def trained_bundle_path(tmp_path_factory) -> Path:
     """TINY_MODEL briefly trained (plain torch, ~20 steps) to segment colour_scene: confident, local
     decisions like a real model's, which a random net (all near-ties and long-range context) lacks."""
-    cfg = load_config({"data": {"classes": CLASSES, "patch_size": 64}, "model": TINY_MODEL, "predict": {"tile": 64}})
+    cfg = load_config(
+        {
+            "data": {"classes": CLASSES, "patch_size": 64},
+            "model": TINY_MODEL,
+            "predict": {"tile": 64},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model, len(CLASSES), 3)
     scenes = [colour_scene(48, 48, i) for i in range(16)]
     mean = torch.tensor(cfg.data.resolved_mean())[:, None, None]
     std = torch.tensor(cfg.data.resolved_std())[:, None, None]
-    x = (torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    x = (
+        torch.from_numpy(np.stack([s[0] for s in scenes])).permute(0, 3, 1, 2).float() / 255 - mean
+    ) / std
     y = torch.from_numpy(np.stack([s[1] for s in scenes])).long()
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     model.train()

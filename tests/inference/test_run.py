@@ -46,10 +46,17 @@ def test_folder_with_a_corrupt_file(bundle_path, folder, tmp_path):
     bad = records[str(folder / "broken.png")]
     assert bad["status"] == "failed" and bad["error"] and bad["outputs"] == {}
     good = records[str(folder / "a.png")]
-    assert good["status"] == "ok" and good["height"] == 70 and good["width"] == 90 and good["tiles"] >= 1
+    assert (
+        good["status"] == "ok"
+        and good["height"] == 70
+        and good["width"] == 90
+        and good["tiles"] >= 1
+    )
     assert set(good["outputs"]) == {"index", "color"} and good["seconds"] >= 0
     # the saved mask is what the Python API predicts
-    expected = Predictor.from_path(bundle_path, device="cpu").predict(np.array(Image.open(folder / "a.png")))
+    expected = Predictor.from_path(bundle_path, device="cpu").predict(
+        np.array(Image.open(folder / "a.png"))
+    )
     np.testing.assert_array_equal(np.array(Image.open(out / "a.png")), expected)
 
 
@@ -58,12 +65,16 @@ def test_skip_existing_finishes_a_partial_run(bundle_path, folder, tmp_path):
     predict_source(bundle_path, folder, out, save=["index", "probs"], progress=False)
     (out / "sub" / "b_probs.npy").unlink()  # as if killed before b was written
     before = {p: p.stat().st_mtime_ns for p in [out / "a.png", out / "c_probs.npy"]}
-    summary = predict_source(bundle_path, folder, out, save=["index", "probs"], skip_existing=True, progress=False)
+    summary = predict_source(
+        bundle_path, folder, out, save=["index", "probs"], skip_existing=True, progress=False
+    )
     assert (summary.ok, summary.skipped, len(summary.failures)) == (1, 2, 1)
     assert (out / "sub" / "b_probs.npy").is_file()
     assert {p: p.stat().st_mtime_ns for p in before} == before  # not redone
     status = {r["input"]: r["status"] for r in read_manifest(out)}
-    assert status[str(folder / "sub" / "b.png")] == "ok" and status[str(folder / "a.png")] == "skipped"
+    assert (
+        status[str(folder / "sub" / "b.png")] == "ok" and status[str(folder / "a.png")] == "skipped"
+    )
 
 
 def test_two_cpu_processes_write_every_output_once(bundle_path, folder, tmp_path):
@@ -71,7 +82,9 @@ def test_two_cpu_processes_write_every_output_once(bundle_path, folder, tmp_path
     for i in range(3):
         Image.fromarray(shapes_image(30, 40, seed=10 + i)).save(folder / f"d{i}.png")
     out = tmp_path / "out"
-    summary = predict_source(bundle_path, folder, out, devices=2, device="cpu", save=["index"], progress=False)
+    summary = predict_source(
+        bundle_path, folder, out, devices=2, device="cpu", save=["index"], progress=False
+    )
     assert summary.ok == 6 and not summary.failures
     records = read_manifest(out)
     inputs = [r["input"] for r in records]
@@ -83,10 +96,14 @@ def test_two_cpu_processes_write_every_output_once(bundle_path, folder, tmp_path
 
 
 def test_glob_and_single_file_sources(bundle_path, folder, tmp_path):
-    summary = predict_source(bundle_path, str(folder / "**" / "*.png"), tmp_path / "g", progress=False)
+    summary = predict_source(
+        bundle_path, str(folder / "**" / "*.png"), tmp_path / "g", progress=False
+    )
     assert summary.ok == 2 and len(summary.failures) == 1  # a.png, sub/b.png; broken.png fails
     assert (tmp_path / "g" / "sub" / "b.png").is_file()
-    summary = predict_source(bundle_path, folder / "a.png", tmp_path / "one", save=["overlay"], progress=False)
+    summary = predict_source(
+        bundle_path, folder / "a.png", tmp_path / "one", save=["overlay"], progress=False
+    )
     assert summary.ok == 1 and (tmp_path / "one" / "a_overlay.png").is_file()
 
 
@@ -110,12 +127,38 @@ def test_uncompressed_tiff_is_memory_mapped_not_copied(bundle_path, tmp_path):
 
 
 def test_cli_predict_exit_codes(bundle_path, folder, tmp_path, capsys):
-    code = main(["predict", str(bundle_path), str(folder), "--output", str(tmp_path / "out"), "--tile", "64", "--tta", "flip", "--batch-size", "2"])
+    code = main(
+        [
+            "predict",
+            str(bundle_path),
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--tile",
+            "64",
+            "--tta",
+            "flip",
+            "--batch-size",
+            "2",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "broken.png" in captured.err and "3 images predicted" in captured.out
     (folder / "broken.png").unlink()
-    code = main(["predict", str(bundle_path), str(folder), "-o", str(tmp_path / "out2"), "--save", "probs", "--probs-dtype", "uint8"])
+    code = main(
+        [
+            "predict",
+            str(bundle_path),
+            str(folder),
+            "-o",
+            str(tmp_path / "out2"),
+            "--save",
+            "probs",
+            "--probs-dtype",
+            "uint8",
+        ]
+    )
     assert code == 0
     assert np.load(tmp_path / "out2" / "a_probs.npy").dtype == np.uint8
     lines = (tmp_path / "out2" / MANIFEST).read_text().splitlines()
@@ -128,7 +171,10 @@ def test_onnx_model_gives_the_same_masks(bundle_path, folder, tmp_path):
     onnx_path = tmp_path / "model.onnx"
     export_onnx(bundle_path, onnx_path)
     image = shapes_image(70, 90, seed=1)
-    torch_p, onnx_p = Predictor.from_path(bundle_path, device="cpu"), Predictor.from_path(onnx_path, device="cpu")
+    torch_p, onnx_p = (
+        Predictor.from_path(bundle_path, device="cpu"),
+        Predictor.from_path(onnx_path, device="cpu"),
+    )
     assert onnx_p.info.classes == torch_p.info.classes and onnx_p.info.stride == torch_p.info.stride
     np.testing.assert_allclose(onnx_p.predict_proba(image), torch_p.predict_proba(image), atol=1e-4)
     summary = predict_source(onnx_path, folder / "a.png", tmp_path / "out", progress=False)

@@ -43,7 +43,10 @@ def test_grid_covers_every_pixel_with_stride_aligned_tiles(h, w, tile, overlap, 
         assert y + grid.tile_h <= grid.padded_height and x + grid.tile_w <= grid.padded_width
         count[y : y + grid.tile_h, x : x + grid.tile_w] += 1
     assert count.min() >= 1
-    assert grid.ys[-1] + grid.tile_h == grid.padded_height and grid.xs[-1] + grid.tile_w == grid.padded_width
+    assert (
+        grid.ys[-1] + grid.tile_h == grid.padded_height
+        and grid.xs[-1] + grid.tile_w == grid.padded_width
+    )
     assert list(grid.ys) == sorted(set(grid.ys)) and list(grid.xs) == sorted(set(grid.xs))
 
 
@@ -54,20 +57,32 @@ def test_blend_windows_are_strictly_positive_and_peak_at_one(h, w, kind):
     assert win.shape == (h, w) and win.dtype == np.float32
     assert np.all(win > 0) and np.all(np.isfinite(win))
     assert win.max() == pytest.approx(1.0)
-    np.testing.assert_allclose(win, win[::-1, ::-1], rtol=1e-6)  # symmetric: no direction is favoured
+    np.testing.assert_allclose(
+        win, win[::-1, ::-1], rtol=1e-6
+    )  # symmetric: no direction is favoured
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    h=st.integers(1, 150), w=st.integers(1, 150), tile=st.integers(8, 96), overlap=st.floats(0, 0.75),
-    stride=st.sampled_from([1, 8]), kind=st.sampled_from(BLENDS), batch=st.integers(1, 5), channels=st.integers(1, 3),
+    h=st.integers(1, 150),
+    w=st.integers(1, 150),
+    tile=st.integers(8, 96),
+    overlap=st.floats(0, 0.75),
+    stride=st.sampled_from([1, 8]),
+    kind=st.sampled_from(BLENDS),
+    batch=st.integers(1, 5),
+    channels=st.integers(1, 3),
 )
-def test_identity_model_stitches_back_to_its_input(h, w, tile, overlap, stride, kind, batch, channels):
+def test_identity_model_stitches_back_to_its_input(
+    h, w, tile, overlap, stride, kind, batch, channels
+):
     image = np.random.default_rng(h * 1000 + w).random((h, w, channels), dtype=np.float32)
     grid = make_grid(h, w, tile, overlap, stride)
     out = np.full((channels, h, w), np.nan, dtype=np.float32)
     rows_seen = []
-    for row, band in iter_stitched(image, grid, lambda x: x, channels, blend=kind, batch_size=batch):
+    for row, band in iter_stitched(
+        image, grid, lambda x: x, channels, blend=kind, batch_size=batch
+    ):
         assert band.shape[0] == channels and band.shape[2] == w
         rows_seen.extend(range(row, row + band.shape[1]))
         out[:, row : row + band.shape[1]] = band.numpy()

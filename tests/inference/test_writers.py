@@ -22,7 +22,13 @@ from segkit.inference.writers import (
 
 
 def info(k: int) -> ModelInfo:
-    return ModelInfo(classes=[f"c{i}" for i in range(k)], colors=default_colors(k), in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    return ModelInfo(
+        classes=[f"c{i}" for i in range(k)],
+        colors=default_colors(k),
+        in_channels=3,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
 
 
 def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -30,7 +36,15 @@ def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return p / p.sum(0)
 
 
-def write_all(tmp_path, k=4, h=37, w=29, save=("index", "color", "overlay", "probs"), probs_dtype="float16", bands=(10, 20, 37)):
+def write_all(
+    tmp_path,
+    k=4,
+    h=37,
+    w=29,
+    save=("index", "color", "overlay", "probs"),
+    probs_dtype="float16",
+    bands=(10, 20, 37),
+):
     probs = random_probs(k, h, w)
     image = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
     with OutputWriter(tmp_path / "sub" / "img", save, info(k), h, w, probs_dtype) as writer:
@@ -46,9 +60,16 @@ def test_every_output_is_right(tmp_path):
     probs, image, paths = write_all(tmp_path)
     labels = probs.argmax(0)
     colors = default_colors(4)
-    assert {k: p.name for k, p in paths.items()} == {"index": "img.png", "color": "img_color.png", "overlay": "img_overlay.png", "probs": "img_probs.npy"}
+    assert {k: p.name for k, p in paths.items()} == {
+        "index": "img.png",
+        "color": "img_color.png",
+        "overlay": "img_overlay.png",
+        "probs": "img_probs.npy",
+    }
     with Image.open(paths["index"]) as im:
-        assert im.mode == "P"  # palette embedded: the mask shows in colour, pixel values are classes
+        assert (
+            im.mode == "P"
+        )  # palette embedded: the mask shows in colour, pixel values are classes
         np.testing.assert_array_equal(np.array(im), labels)
         np.testing.assert_array_equal(np.array(im.getpalette()[:12]).reshape(4, 3), colors)
     np.testing.assert_array_equal(np.array(Image.open(paths["color"])), colors[labels])
@@ -58,7 +79,9 @@ def test_every_output_is_right(tmp_path):
     assert stored.dtype == np.float16 and stored.shape == (4, 37, 29)
     np.testing.assert_allclose(stored.sum(0), 1.0, atol=5e-3)
     np.testing.assert_allclose(stored, probs, atol=1e-3)
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(p.name for p in paths.values())  # no temporaries
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(
+        p.name for p in paths.values()
+    )  # no temporaries
 
 
 def test_quantised_probs(tmp_path):
@@ -93,7 +116,10 @@ def test_output_names_and_existence(tmp_path):
 
 
 def test_error_mid_image_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError), OutputWriter(tmp_path / "img", ["index", "probs"], info(3), 20, 20) as writer:
+    with (
+        pytest.raises(RuntimeError),
+        OutputWriter(tmp_path / "img", ["index", "probs"], info(3), 20, 20) as writer,
+    ):
         writer.add_band(0, random_probs(3, 10, 20))
         raise RuntimeError("model crashed")
     assert list(tmp_path.iterdir()) == []
@@ -117,7 +143,10 @@ def test_unwritable_folder_is_one_clear_error(tmp_path):
 
 
 def test_manifest_round_trip(tmp_path):
-    records = [{"input": "a.png", "status": "ok", "error": None}, {"input": "b.png", "status": "failed", "error": "corrupt"}]
+    records = [
+        {"input": "a.png", "status": "ok", "error": None},
+        {"input": "b.png", "status": "failed", "error": "corrupt"},
+    ]
     write_manifest(tmp_path, records)
     assert read_manifest(tmp_path) == records
     assert read_manifest(tmp_path / "none") == []

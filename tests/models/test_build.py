@@ -70,7 +70,9 @@ def test_imagenet_offline_suggests_local_file_or_null(monkeypatch):
 
 def test_unknown_weight_set_is_a_model_error():
     with pytest.raises(ModelError, match="encoder_weights"):
-        build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="no-such-set"), 2, 3)
+        build_model(
+            ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="no-such-set"), 2, 3
+        )
 
 
 def _resnet18_file(tmp_path, **extra):
@@ -83,20 +85,28 @@ def _resnet18_file(tmp_path, **extra):
 
 def test_local_weights_file_loads_into_the_encoder(tmp_path):
     path, state = _resnet18_file(tmp_path)
-    model = build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)), 3, 3)
+    model = build_model(
+        ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)), 3, 3
+    )
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, state[key])  # every tensor from the file; fc.* skipped
 
 
 def test_local_weights_adapt_the_first_conv_to_one_channel(tmp_path):
     path, state = _resnet18_file(tmp_path)
-    model = build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)), 3, 1)
-    torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    model = build_model(
+        ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)), 3, 1
+    )
+    torch.testing.assert_close(
+        model.encoder.conv1.weight, state["conv1.weight"].sum(1, keepdim=True)
+    )
 
 
 def test_local_weights_shape_mismatch_is_named(tmp_path):
     path, _ = _resnet18_file(tmp_path, **{"layer1.0.conv1.weight": torch.randn(64, 64, 5, 5)})
-    with pytest.raises(ModelError, match=r"resnet18.pth: tensor 'layer1.0.conv1.weight' has shape \(64, 64, 5, 5\)"):
+    with pytest.raises(
+        ModelError, match=r"resnet18.pth: tensor 'layer1.0.conv1.weight' has shape \(64, 64, 5, 5\)"
+    ):
         build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=str(path)), 3, 3)
 
 

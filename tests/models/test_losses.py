@@ -51,7 +51,9 @@ def test_gradient_is_zero_at_ignored_pixels(name):
 
 def test_weighted_sum_of_terms():
     logits, target = _batch(2)
-    combined = build_loss(LossConfig(dice=0.5, ce=2.0, focal=1.5), num_classes=3, ignore_index=IGNORE)
+    combined = build_loss(
+        LossConfig(dice=0.5, ce=2.0, focal=1.5), num_classes=3, ignore_index=IGNORE
+    )
     parts = {n: build_loss(_only(n), 3, IGNORE)(logits, target) for n in ("dice", "ce", "focal")}
     expected = 0.5 * parts["dice"] + 2.0 * parts["ce"] + 1.5 * parts["focal"]
     torch.testing.assert_close(combined(logits, target), expected)

@@ -63,7 +63,9 @@ def test_per_class_values_match_hand_computation():
 
 def test_summaries_macro_skips_nan_micro_and_accuracy_are_separate():
     m = _metrics()
-    assert m.miou == pytest.approx((2 / 5 + 1 / 3 + 0.0) / 3)  # NaN class skipped, not counted as 1 or 0
+    assert m.miou == pytest.approx(
+        (2 / 5 + 1 / 3 + 0.0) / 3
+    )  # NaN class skipped, not counted as 1 or 0
     assert m.micro_iou == pytest.approx(3 / (3 + 3 + 3))
     assert m.pixel_accuracy == pytest.approx(3 / 6)
     assert m.total_pixels == 6

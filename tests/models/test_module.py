@@ -30,23 +30,38 @@ class RandomSegmentation(Dataset):
         g = torch.Generator().manual_seed(i)
         mask = torch.randint(0, self.classes, (self.size, self.size), generator=g)
         mask[:2] = IGNORE
-        image = torch.randn(3, self.size, self.size, generator=g) + mask.clamp(max=self.classes).float()
+        image = (
+            torch.randn(3, self.size, self.size, generator=g) + mask.clamp(max=self.classes).float()
+        )
         return {"image": image, "mask": mask, "name": f"{i:03d}"}
 
 
 def _config(**run):
-    return load_config({
-        "data": {"classes": ["a", "b", "c"], "patch_size": 32, "batch_size": 2, "num_workers": 0},
-        "model": TINY_MODEL,
-        "run": run,
-    })
+    return load_config(
+        {
+            "data": {
+                "classes": ["a", "b", "c"],
+                "patch_size": 32,
+                "batch_size": 2,
+                "num_workers": 0,
+            },
+            "model": TINY_MODEL,
+            "run": run,
+        }
+    )
 
 
 def _fit(module, root, max_steps=2, val=True):
     trainer = L.Trainer(
-        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=2 if val else 0, default_root_dir=root,
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2 if val else 0,
+        default_root_dir=root,
     )
     train = DataLoader(RandomSegmentation(4), batch_size=2)
     trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1) if val else None)
@@ -58,7 +73,11 @@ def test_every_parameter_gets_a_gradient():
     batch = torch.utils.data.default_collate([RandomSegmentation(2)[i] for i in range(2)])
     loss = module.loss(module(batch["image"]), batch["mask"])
     loss.backward()
-    assert not [n for n, p in module.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not [
+        n
+        for n, p in module.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     # timm zero-initialises each residual block's last norm, so only inner block weights may
     # start with an exactly-zero gradient; the decoder and head must not
     zero = [n for n, p in module.named_parameters() if p.grad.abs().sum() == 0]
@@ -66,9 +85,14 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_weights_change_after_training_steps(tmp_path):
-    cfg = load_config(_config(val_preview_images=0).to_dict(), ["optimizer.weight_decay=0", "scheduler.warmup_epochs=0"])
+    cfg = load_config(
+        _config(val_preview_images=0).to_dict(),
+        ["optimizer.weight_decay=0", "scheduler.warmup_epochs=0"],
+    )
     module = SegmentationModule(cfg)  # no weight decay: only gradients can move a weight
-    before = {k: v.clone() for k, v in module.model.state_dict().items() if v.dtype.is_floating_point}
+    before = {
+        k: v.clone() for k, v in module.model.state_dict().items() if v.dtype.is_floating_point
+    }
     _fit(module, tmp_path, max_steps=2, val=False)
     after = module.model.state_dict()
     unchanged = [k for k, v in before.items() if "running" not in k and torch.equal(v, after[k])]
@@ -91,7 +115,9 @@ def test_checkpoint_is_a_bundle_loaded_with_weights_only(tmp_path):
     with torch.no_grad():
         expected = module(x)
         from_bundle = load_bundle(path).build_model()(x)
-        reloaded = SegmentationModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()(x)
+        reloaded = SegmentationModule.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True
+        ).eval()(x)
     torch.testing.assert_close(from_bundle, expected)
     torch.testing.assert_close(reloaded, expected)
 
@@ -113,8 +139,16 @@ def test_validation_logs_dataset_level_metrics(tmp_path):
 
 
 def test_pretrained_false_skips_encoder_weights(tmp_path):
-    cfg = _config().model_copy(update={"model": _config().model.model_copy(update={"encoder_weights": str(tmp_path / "missing.pth")})})
-    module = SegmentationModule(cfg, pretrained=False)  # resuming: the checkpoint brings the weights
+    cfg = _config().model_copy(
+        update={
+            "model": _config().model.model_copy(
+                update={"encoder_weights": str(tmp_path / "missing.pth")}
+            )
+        }
+    )
+    module = SegmentationModule(
+        cfg, pretrained=False
+    )  # resuming: the checkpoint brings the weights
     assert module.hparams["config"]["model"]["encoder_weights"].endswith("missing.pth")
 
 
@@ -132,7 +166,15 @@ def test_schedule_warms_up_then_decays(name):
 
 
 def test_optimizer_and_scheduler_follow_the_config(tmp_path):
-    cfg = load_config(_config().to_dict(), ["optimizer.name=sgd", "optimizer.lr=0.5", "scheduler.name=constant", "scheduler.warmup_epochs=0"])
+    cfg = load_config(
+        _config().to_dict(),
+        [
+            "optimizer.name=sgd",
+            "optimizer.lr=0.5",
+            "scheduler.name=constant",
+            "scheduler.warmup_epochs=0",
+        ],
+    )
     module = SegmentationModule(cfg)
     trainer = _fit(module, tmp_path, max_steps=2, val=False)
     opt = trainer.optimizers[0]
