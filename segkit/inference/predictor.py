@@ -280,7 +280,7 @@ class Predictor:
         """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
 
         ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
-        read tile by tile, so a memory-mapped image is never loaded whole. ``as_tensor`` yields torch
+        read one row of tiles at a time, so a memory-mapped image is never loaded whole. ``as_tensor`` yields torch
         tensors on the backend's device instead (arg-max there, copy less). ``on_tiles(n)`` is called
         after every batch of ``n`` tiles (progress bars).
         """
@@ -316,11 +316,21 @@ class Predictor:
         image = _check_image(image)
         out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
-        for row, band in self._bands(image, s):  # arg-max where the probabilities are (GPU or CPU)
-            out[row : row + band.shape[1]] = band.argmax(0).cpu().numpy()
+        for row, band in self._bands(image, s):
+            out[row : row + band.shape[1]] = band_labels(band)
         return out
 
 
 def label_dtype(num_classes: int) -> np.dtype:
     """uint8 labels up to 256 classes (what PNG masks hold), int32 beyond."""
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
+
+
+def band_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Arg-max over classes of ``(K, rows, W)`` probabilities, taken where they are (GPU or CPU)
+    and narrowed to :func:`label_dtype` before the copy to the host (8x fewer bytes than int64)."""
+    dtype = label_dtype(probs.shape[0])
+    if isinstance(probs, np.ndarray):
+        return probs.argmax(0).astype(dtype)
+    torch_dtype = torch.uint8 if dtype == np.uint8 else torch.int32
+    return probs.argmax(0).to(torch_dtype).cpu().numpy()

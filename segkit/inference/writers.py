@@ -18,7 +18,7 @@ import torch
 
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
-from segkit.inference.predictor import label_dtype, to_unit_float
+from segkit.inference.predictor import band_labels, label_dtype, to_unit_float
 from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")
@@ -169,10 +169,7 @@ class OutputWriter:
         ``probs`` may be a torch tensor on any device: the arg-max then runs there.
         """
         n = probs.shape[1]
-        labels = probs.argmax(0)
-        self.labels[row : row + n] = (
-            labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
-        )
+        self.labels[row : row + n] = band_labels(probs)
         if self._probs is not None:
             if isinstance(probs, torch.Tensor):
                 probs = probs.cpu().numpy()
