@@ -322,20 +322,11 @@ def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
     from segkit.bundle import load_bundle
 
     meter = _throughput_callback()
-    build_trainer = segkit.training.build_trainer
-
-    def build_trainer_with_meter(*a: Any, **k: Any) -> Any:
-        # train() takes no callbacks argument: add the meter to the Trainer it builds.
-        trainer, checkpoint = build_trainer(*a, **k)
-        trainer.callbacks.append(meter)
-        return trainer, checkpoint
-
-    segkit.training.build_trainer = build_trainer_with_meter
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="segkit-bench-") as tmp:
         config = segkit_config(args, Path(tmp))
         t0 = time.perf_counter()
-        result = segkit.training.train(config)
+        result = segkit.training.train(config, callbacks=[meter])
         fit_s = time.perf_counter() - t0
         # The last weights (not the "best" by val mIoU): val = the scored slices, and the plain
         # loop's score is of its last weights too.

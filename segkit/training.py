@@ -11,6 +11,7 @@ import csv
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,11 +201,15 @@ def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
 
 
 def build_trainer(
-    config: SegkitConfig, run_dir: Path, resume_from: Path | None = None
+    config: SegkitConfig,
+    run_dir: Path,
+    resume_from: Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer with every ``trainer.*`` key passed through (None dropped) plus segkit's callbacks.
 
     ``resume_from``: the checkpoint a resumed run starts from (its metrics.csv history is kept).
+    ``callbacks``: the caller's own Lightning callbacks, added after segkit's.
     """
     kwargs = {k: v for k, v in config.trainer.model_dump().items() if v is not None}
     kwargs["precision"] = resolve_precision(
@@ -220,9 +225,9 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
+    all_callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
     if config.run.early_stopping_patience:
-        callbacks.append(
+        all_callbacks.append(
             EarlyStopping(
                 monitor=MONITOR,
                 mode="max",
@@ -231,7 +236,7 @@ def build_trainer(
             )
         )
     if kwargs.get("enable_progress_bar", True):
-        callbacks.append(
+        all_callbacks.append(
             RichProgressBar()
             if sys.stdout.isatty()
             else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps))
@@ -243,20 +248,29 @@ def build_trainer(
             ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from),
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
         ]
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
     kwargs.pop("default_root_dir", None)
     trainer = L.Trainer(
-        **kwargs, callbacks=callbacks, logger=loggers, plugins=plugins, default_root_dir=run_dir
+        **kwargs,
+        callbacks=[*all_callbacks, *callbacks],
+        logger=loggers,
+        plugins=plugins,
+        default_root_dir=run_dir,
     )
     return trainer, checkpoint
 
 
-def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
+def train(
+    config: SegkitConfig,
+    config_path: Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> TrainResult:
     """Fit a model as ``config`` says and evaluate its best checkpoint on the validation set.
 
     The data is checked first (bad data is refused with a DataError listing the problems);
     ``run.resume`` continues a run exactly (global step, optimiser and scheduler state).
+    ``callbacks`` are extra Lightning callbacks (your own logging, timing, pruning, ...).
     """
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
@@ -284,7 +298,7 @@ def train(config: SegkitConfig, config_path: Path | None = None) -> TrainResult:
             remove_stale_temporaries(run_dir)
         save_config(config, run_dir / "config.yaml")
         os.environ[_RUN_DIR_ENV] = str(run_dir)
-    trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path)
+    trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path, callbacks=callbacks)
     with warnings.catch_warnings():  # config.yaml is there on purpose
         warnings.filterwarnings(
             "ignore", message=r"Checkpoint directory .* exists and is not empty"

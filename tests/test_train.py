@@ -67,14 +67,30 @@ def trained(tmp_path_factory):
     config = load_config(
         _config(data, root / "runs", trainer={"max_epochs": 5}, run={"val_preview_images": 2})
     )
-    result = train(config, config_path=Path("shapes.yaml"))
-    return config, result
+    counter = _BatchCounter()
+    result = train(config, config_path=Path("shapes.yaml"), callbacks=[counter])
+    return config, result, counter
+
+
+class _BatchCounter(L.Callback):
+    """A caller's own callback, handed to train()."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.batches += 1
+
+
+def test_own_callbacks_run(trained):
+    config, result, counter = trained
+    assert counter.batches == 5 * (16 // config.data.batch_size)  # every step of the 5 epochs
 
 
 def test_training_beats_the_initial_model(trained, tmp_path):
     from segkit.evaluation import evaluate
 
-    config, result = trained
+    config, result, _ = trained
     L.seed_everything(
         config.run.seed, workers=True, verbose=False
     )  # the same initial weights train() drew
@@ -86,7 +102,7 @@ def test_training_beats_the_initial_model(trained, tmp_path):
 
 
 def test_run_folder_holds_everything(trained):
-    config, result = trained
+    config, result, _ = trained
     run = result.run_dir
     assert run == config.run.dir / "shapes"  # named after the config file
     assert result.best_checkpoint == run / "best.ckpt" and result.best_checkpoint.is_file()
@@ -102,7 +118,7 @@ def test_run_folder_holds_everything(trained):
 
 
 def test_best_checkpoint_is_a_safe_bundle_with_identical_logits(trained):
-    _, result = trained
+    _, result, _ = trained
     raw = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
     assert raw["hyper_parameters"]["classes"] == ["background", "circle", "rectangle", "triangle"]
     x = torch.randn(1, 3, 64, 96)

@@ -275,6 +275,23 @@ def test_cuda_request_without_cuda_provider(exported):
     assert OnnxBackend.from_path(exported[0]).session.get_providers() == ["CPUExecutionProvider"]
 
 
+def test_cuda_provider_is_chosen_when_onnxruntime_has_it(monkeypatch):
+    """onnxruntime-gpu: CUDA first (CPU as fallback for unsupported nodes), on the GPU asked for;
+    ``--device cpu`` keeps to the CPU. (The GPU run itself needs onnxruntime-gpu and a GPU.)"""
+    from segkit.inference.onnx_backend import _providers
+
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    model = Path("m.onnx")
+    assert _providers(None, model) == [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+    assert _providers("cuda:1", model) == [
+        ("CUDAExecutionProvider", {"device_id": "1"}),
+        "CPUExecutionProvider",
+    ]
+    assert _providers("cuda", model)[0] == ("CUDAExecutionProvider", {"device_id": "0"})
+    assert _providers("cpu", model) == ["CPUExecutionProvider"]
+
+
 def test_cli_export(trained_bundle, tmp_path, capsys):
     from segkit.cli import main
 
