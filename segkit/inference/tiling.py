@@ -188,9 +188,11 @@ class BandStitcher:
         keep = min(upto, g.height) - self.top
         band = self._acc[:, :keep, : g.width] / self._wsum[:keep, : g.width] if keep > 0 else None
         rest = self._wsum.shape[0] - n
-        self._acc[:, :rest] = self._acc[:, n:].clone()
+        for start in range(0, rest, n):  # move the kept rows up in blocks that cannot overlap,
+            stop = min(start + n, rest)  # so no temporary copy of the whole buffer is made
+            self._acc[:, start:stop] = self._acc[:, n + start : n + stop]
+            self._wsum[start:stop] = self._wsum[n + start : n + stop]
         self._acc[:, rest:] = 0
-        self._wsum[:rest] = self._wsum[n:].clone()
         self._wsum[rest:] = 0
         start, self.top = self.top, upto
         return (start, band) if band is not None else None
