@@ -153,3 +153,23 @@ def test_tiles_shrink_to_small_images_and_odd_sizes_pad_to_stride():
     assert g.tile_h == 8 and g.tile_w == 256 and len(g.ys) == 1 and g.xs[-1] + 256 == 1000
     g = make_grid(513, 513, 500, 0.25, 32)
     assert g.tile_h == 480 and g.padded_height == 544
+
+
+def test_pixels_are_prepared_once_per_row_of_tiles():
+    """The image is cut and copied to the device one row of tiles at a time, not once per tile:
+    tiles are views of that row band (one host-to-device copy per row on a GPU)."""
+    h, w = 300, 260
+    grid = make_grid(h, w, 64, 0.25, 8)
+    assert len(grid.xs) > 1 and len(grid.ys) > 1
+    shapes = []
+
+    def prepare(rows):
+        shapes.append(rows.shape)
+        return rows.astype(np.float32)
+
+    image = np.random.default_rng(0).random((h, w, 1), dtype=np.float32)
+    out = np.concatenate(
+        [b.numpy() for _, b in iter_stitched(image, grid, lambda x: x, 1, prepare=prepare)], axis=1
+    )
+    assert shapes == [(grid.tile_h, grid.padded_width, 1)] * len(grid.ys)
+    np.testing.assert_allclose(out[0], image[..., 0], atol=1e-5)
