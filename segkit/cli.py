@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from segkit import __version__
+from segkit.config import BLENDS, MASK_ENCODINGS, TTA_MODES
 from segkit.errors import ConfigError, SegkitError
 
 EXAMPLES = {
@@ -191,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mask-encoding",
         default=None,
-        choices=["index", "binary", "palette"],
+        choices=MASK_ENCODINGS,
         help="mask encoding (with --images/--masks)",
     )
 
@@ -225,12 +226,10 @@ def _tiling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--blend",
         default=None,
-        choices=["constant", "gaussian", "cosine"],
+        choices=BLENDS,
         help="blend window of overlapping tiles",
     )
-    p.add_argument(
-        "--tta", default=None, choices=["none", "flip", "d4"], help="test-time augmentation"
-    )
+    p.add_argument("--tta", default=None, choices=TTA_MODES, help="test-time augmentation")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
 
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segkit.errors import ConfigError
+
+# The allowed values of the enumerated options, in one place: the schema, the CLI's choices and
+# the engine's own checks all read them from here.
+MaskEncoding = Literal["index", "binary", "palette"]
+Blend = Literal["constant", "gaussian", "cosine"]
+TTA = Literal["none", "flip", "d4"]
+MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
+BLENDS: tuple[str, ...] = get_args(Blend)
+TTA_MODES: tuple[str, ...] = get_args(TTA)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +63,7 @@ class DataConfig(_Section):
         min_length=1,
         description="Class names; their count is the number of classes.",
     )
-    mask_encoding: Literal["index", "binary", "palette"] = Field(
+    mask_encoding: MaskEncoding = Field(
         "index",
         description="index: pixel value = class; binary: 0 and 255 (or 0/1); palette: RGB colours from `palette`.",
     )
@@ -278,10 +287,8 @@ class PredictConfig(_Section):
     overlap: float = Field(
         0.25, ge=0, description="Tile overlap: a fraction (< 1) of the tile, or pixels (>= 1)."
     )
-    blend: Literal["constant", "gaussian", "cosine"] = Field(
-        "gaussian", description="Blend window of overlapping tiles."
-    )
-    tta: Literal["none", "flip", "d4"] = Field("none", description="Test-time augmentation.")
+    blend: Blend = Field("gaussian", description="Blend window of overlapping tiles.")
+    tta: TTA = Field("none", description="Test-time augmentation.")
     batch_size: int = Field(8, ge=1, description="Tiles per forward pass.")
 
 

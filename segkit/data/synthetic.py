@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segkit.config import MASK_ENCODINGS
 from segkit.data.io import write_image
 from segkit.errors import ConfigError
 
@@ -30,7 +31,6 @@ BINARY_PALETTE: dict[str, tuple[int, int, int]] = {
 
 # Mean fill colour of each shape class: distinct but overlapping once jitter and noise are added.
 _FILL = np.array([[0, 0, 0], [190, 80, 70], [80, 170, 90], [70, 100, 190]], dtype=np.float64)
-ENCODINGS = ("index", "binary", "palette")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -100,8 +100,10 @@ def make_shapes_dataset(
     Returns ``{"train_images", "train_masks", "val_images", "val_masks": Path, "classes": list,
     "palette": {name: [r, g, b]}}`` — ready to drop into a config's ``data`` section.
     """
-    if mask_encoding not in ENCODINGS:
-        raise ConfigError(f"mask_encoding '{mask_encoding}' is not one of {', '.join(ENCODINGS)}")
+    if mask_encoding not in MASK_ENCODINGS:
+        raise ConfigError(
+            f"mask_encoding '{mask_encoding}' is not one of {', '.join(MASK_ENCODINGS)}"
+        )
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes, palette = (

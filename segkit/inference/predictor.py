@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from segkit.config import TTA_MODES
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo
 from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
 
-TTA_MODES = ("none", "flip", "d4")
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from segkit.config import BLENDS
 from segkit.errors import ConfigError
 
-BLENDS = ("constant", "gaussian", "cosine")
 GAUSSIAN_SIGMA = 0.125  # of the tile side, as in nnU-Net / MONAI's sliding window
 _MIN_WEIGHT = 1e-3  # per axis: windows stay strictly positive, products stay far from denormals
 
