@@ -1,14 +1,16 @@
 # The two set-up commands: `make demo` runs the whole loop, `make test` runs the test suite.
 # Both create the virtual environment (outside the clone, reused between runs) and install first.
+# Each checkout gets its own venv (named by a checksum of its path): an editable install in a
+# venv shared by two clones would import whichever clone installed itself last.
 PYTHON ?= python3
-VENV ?= $(HOME)/.cache/segkit-venv
+VENV ?= $(HOME)/.cache/segkit-venvs/$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 BIN := $(VENV)/bin
-# The stamp lives in the checkout: each clone installs itself (editable) into the shared venv once.
 STAMP := .segkit-installed
 
-.PHONY: demo test lint install constraints
+.PHONY: demo test lint install constraints print-venv
 
 $(BIN)/python:
+	mkdir -p $(dir $(VENV))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -18,6 +20,9 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+print-venv:
+	@echo $(VENV)
 
 demo: $(STAMP)
 	$(BIN)/segkit demo --output segkit-demo

@@ -169,6 +169,7 @@ class CropDataset:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, patch: int) -> None:
         self.images, self.labels, self.patch = images, labels, patch
+        self._calls = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -176,7 +177,9 @@ class CropDataset:
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         import torch
 
-        rng = np.random.default_rng()  # fresh OS entropy: distinct streams in every worker
+        # torch gives every worker of every epoch its own seed (derived from torch.manual_seed)
+        rng = np.random.default_rng([torch.initial_seed() % 2**32, i, self._calls])
+        self._calls += 1
         h, w = self.images.shape[1:]
         y, x = rng.integers(0, h - self.patch + 1), rng.integers(0, w - self.patch + 1)
         image = self.images[i, y : y + self.patch, x : x + self.patch]
@@ -210,7 +213,13 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     model = smp.create_model(
         args.arch, encoder_name=args.encoder, encoder_weights=None, in_channels=1, classes=2
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # The same parameter groups as segkit (the usual practice): no weight decay on norms and biases.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
     dice = smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True)
     ce = torch.nn.CrossEntropyLoss()
 
@@ -465,6 +474,27 @@ def report(runs: dict[str, list[dict[str, Any]]], command: str) -> str:
             + "; ".join(f"{s} " + ", ".join(f"{r['ips']:.3f}" for r in runs[s]) for s in sides)
             + ")"
         )
+        for key in ("pixel_error", "membrane_iou"):
+            lines.append(
+                f"{key} per run (seed order): "
+                + "; ".join(
+                    f"{s} "
+                    + ", ".join(f"{r[key]:.4f}" for r in runs[s])
+                    + f" (mean {np.mean([r[key] for r in runs[s]]):.4f}"
+                    + f" ± {np.std([r[key] for r in runs[s]], ddof=1):.4f})"
+                    for s in sides
+                )
+            )
+    if {"plain", "segkit"} <= set(runs) and len(runs["plain"]) == len(runs["segkit"]) > 1:
+        # Repeat r of both sides shares a seed: the per-seed differences pair the runs up.
+        for key in ("pixel_error", "membrane_iou"):
+            diff = np.array(
+                [s[key] - p[key] for s, p in zip(runs["segkit"], runs["plain"], strict=True)]
+            )
+            lines.append(
+                f"{key} segkit - plain, same seed: mean {diff.mean():+.4f}, "
+                f"std {diff.std(ddof=1):.4f}, standard error {diff.std(ddof=1) / np.sqrt(len(diff)):.4f}"
+            )
     if {"plain", "segkit"} <= set(runs):
         p, s = med["plain"], med["segkit"]
         lines += [
@@ -490,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
         # Alternate the order (A B, B A, ...) so a drifting machine load hits both sides alike.
         for side in args.sides if r % 2 == 0 else args.sides[::-1]:
             _wait_for_quiet(args.max_load, args.max_wait_s)
-            runs[side].append(_run_side(side, argv))
+            # Repeat r of both sides uses seed + r: init, data order and crops vary between
+            # repeats, so the spread over repeats is the run-to-run noise of each side.
+            runs[side].append(_run_side(side, [*argv, "--seed", str(args.seed + r)]))
     command = " ".join(["python benchmarks/bench_train.py", shlex.join(argv)]).strip()
     print(report(runs, command))
     if args.json:
