@@ -230,7 +230,12 @@ def _tiling_options(p: argparse.ArgumentParser) -> None:
         help="blend window of overlapping tiles",
     )
     p.add_argument("--tta", default=None, choices=TTA_MODES, help="test-time augmentation")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per forward pass (default: the model's, else 8 on a GPU and 2 on a CPU)",
+    )
 
 
 def _console():

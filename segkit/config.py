@@ -289,7 +289,12 @@ class PredictConfig(_Section):
     )
     blend: Blend = Field("gaussian", description="Blend window of overlapping tiles.")
     tta: TTA = Field("none", description="Test-time augmentation.")
-    batch_size: int = Field(8, ge=1, description="Tiles per forward pass.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Tiles per forward pass; null = 8 on a GPU, 2 on a CPU (where bigger batches "
+        "are no faster and hold more memory).",
+    )
 
 
 class SegkitConfig(_Section):

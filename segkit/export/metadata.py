@@ -134,7 +134,8 @@ def onnx_model_info(
         info.overlap = float(meta.get("overlap", info.overlap))
         info.blend = meta.get("blend", info.blend)
         info.tta = meta.get("tta", info.tta)
-        info.batch_size = int(meta.get("batch_size", info.batch_size))
+        if meta.get("batch_size"):  # empty or absent: the device's default
+            info.batch_size = int(meta["batch_size"])
         if (
             input_shape is not None
             and input_shape

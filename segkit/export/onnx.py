@@ -258,7 +258,7 @@ def _metadata(
         "overlap": str(cfg.predict.overlap),
         "blend": cfg.predict.blend,
         "tta": cfg.predict.tta,
-        "batch_size": str(cfg.predict.batch_size),
+        "batch_size": str(cfg.predict.batch_size or ""),  # empty: the device's default
         "ignore_index": str(cfg.data.ignore_index),
         "head": head,
         "normalize_in_graph": json.dumps(normalize_in_graph),

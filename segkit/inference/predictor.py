@@ -16,7 +16,7 @@ import torch
 
 from segkit.config import TTA_MODES
 from segkit.errors import ConfigError, DataError, ModelError
-from segkit.inference.backend import Backend, ModelInfo
+from segkit.inference.backend import Backend, ModelInfo, default_batch_size
 from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
 
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
@@ -195,12 +195,15 @@ class Predictor:
                     return source[key]
             return getattr(self.info, key)
 
+        batch_size = pick("batch_size")
         s = Settings(
             tile=int(pick("tile")),
             overlap=float(pick("overlap")),
             blend=str(pick("blend")),
             tta=str(pick("tta")),
-            batch_size=int(pick("batch_size")),
+            batch_size=int(batch_size)
+            if batch_size is not None
+            else default_batch_size(self._device()),
         )
         if s.tile < 1 or s.batch_size < 1 or s.overlap < 0:
             raise ConfigError(
@@ -276,18 +279,25 @@ class Predictor:
         *,
         on_tiles: Callable[[int], None] | None = None,
         as_tensor: bool = False,
+        copy: bool = True,
     ) -> Iterator[tuple[int, np.ndarray]] | Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
 
         ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
         read one row of tiles at a time, so a memory-mapped image is never loaded whole. ``as_tensor`` yields torch
-        tensors on the backend's device instead (arg-max there, copy less). ``on_tiles(n)`` is called
-        after every batch of ``n`` tiles (progress bars).
+        tensors on the backend's device instead (arg-max there, copy less). ``copy=False`` yields
+        views of the stitching buffer, valid only until the next band is requested: for consumers
+        that use each band at once, it saves a band-sized allocation per band. ``on_tiles(n)`` is
+        called after every batch of ``n`` tiles (progress bars).
         """
         image = _check_image(image)
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
         for row, band in self._bands(image, s, on_tiles):
-            yield row, (band if as_tensor else band.cpu().numpy())
+            if as_tensor:
+                yield row, (band.clone() if copy else band)
+            else:
+                on_host = band.cpu()  # a copy when the band is on a GPU, a view on the CPU
+                yield row, (on_host.numpy().copy() if copy and on_host is band else on_host.numpy())
 
     def predict_proba(
         self,
@@ -300,7 +310,7 @@ class Predictor:
         """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
         image = _check_image(image)
         out = np.empty((self.info.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
-        for row, band in self.iter_bands(image, tile, overlap, blend, tta):
+        for row, band in self.iter_bands(image, tile, overlap, blend, tta, copy=False):
             out[:, row : row + band.shape[1]] = band
         return out
 

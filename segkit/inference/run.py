@@ -254,7 +254,10 @@ def run_items(
                 writer = OutputWriter(base, save, info, h, w, probs_dtype).__enter__()
                 try:
                     for row, band in predictor.iter_bands(
-                        image, on_tiles=lambda n: bar.tiles(n * passes), as_tensor=True
+                        image,
+                        on_tiles=lambda n: bar.tiles(n * passes),
+                        as_tensor=True,
+                        copy=False,  # add_band uses each band at once
                     ):
                         writer.add_band(row, band)
                 except BaseException:

@@ -144,8 +144,10 @@ class BandStitcher:
     """Accumulates weighted tile probabilities and releases finished bands of rows.
 
     Only the rows between the first unfinished row and the lowest tile added so far are held:
-    ``K x (tile height + band) x padded width`` floats, as torch tensors on the device the
-    probabilities come from (so on a GPU, blending never leaves it).
+    ``K x tile height x padded width`` floats when tiles arrive one tile row at a time, as torch
+    tensors on the device the probabilities come from (so on a GPU, blending never leaves it).
+    A released band is normalised in place and handed out as a view of the buffer: it stays valid
+    until the next ``add`` or ``release`` (copy it to keep it), so releasing allocates nothing.
     """
 
     def __init__(self, grid: TileGrid, num_classes: int, window: torch.Tensor) -> None:
@@ -153,9 +155,15 @@ class BandStitcher:
         self.num_classes = num_classes
         self.window = window
         self.top = 0  # absolute row of buffer row 0
+        self._released = 0  # buffer rows handed out by the last release, dropped on the next call
         opts = {"dtype": torch.float32, "device": window.device}
         self._acc = torch.zeros((num_classes, grid.tile_h, grid.padded_width), **opts)
         self._wsum = torch.zeros((grid.tile_h, grid.padded_width), **opts)
+
+    @property
+    def rows_held(self) -> int:
+        """Rows of the accumulation buffer (``tile_h`` unless tiles of two tile rows overlap in it)."""
+        return self._wsum.shape[0]
 
     def _ensure(self, rows: int) -> None:
         grow = rows - self._wsum.shape[0]
@@ -168,10 +176,24 @@ class BandStitcher:
                 [self._wsum, self._wsum.new_zeros((grow, self._wsum.shape[1]))], dim=0
             )
 
+    def _drop_released(self) -> None:
+        """Move the rows kept after the last release to the top of the buffer and zero the rest."""
+        n, self._released = self._released, 0
+        if n == 0:
+            return
+        rest = self._wsum.shape[0] - n
+        for start in range(0, rest, n):  # move the kept rows up in blocks that cannot overlap,
+            stop = min(start + n, rest)  # so no temporary copy of the whole buffer is made
+            self._acc[:, start:stop] = self._acc[:, n + start : n + stop]
+            self._wsum[start:stop] = self._wsum[n + start : n + stop]
+        self._acc[:, max(rest, 0) :] = 0
+        self._wsum[max(rest, 0) :] = 0
+
     def add(self, y: int, x: int, probs: torch.Tensor) -> None:
         """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)`` (``y >= self.top``)."""
         if y < self.top:
             raise ValueError(f"tile at row {y} arrives after rows up to {self.top} were released")
+        self._drop_released()
         g = self.grid
         r = y - self.top
         self._ensure(r + g.tile_h)
@@ -179,22 +201,21 @@ class BandStitcher:
         self._wsum[r : r + g.tile_h, x : x + g.tile_w] += self.window
 
     def release(self, upto: int) -> tuple[int, torch.Tensor] | None:
-        """Normalise and hand back rows ``[top, upto)`` cropped to the image: ``(row, (K, n, W))``."""
+        """Normalise rows ``[top, upto)`` in place and hand them back cropped to the image as
+        ``(row, (K, n, W))``, a view valid until the next ``add``/``release``."""
+        self._drop_released()
         g = self.grid
         upto = min(upto, g.padded_height)
         n = upto - self.top
         if n <= 0:
             return None
+        self._ensure(n)
         keep = min(upto, g.height) - self.top
-        band = self._acc[:, :keep, : g.width] / self._wsum[:keep, : g.width] if keep > 0 else None
-        rest = self._wsum.shape[0] - n
-        for start in range(0, rest, n):  # move the kept rows up in blocks that cannot overlap,
-            stop = min(start + n, rest)  # so no temporary copy of the whole buffer is made
-            self._acc[:, start:stop] = self._acc[:, n + start : n + stop]
-            self._wsum[start:stop] = self._wsum[n + start : n + stop]
-        self._acc[:, rest:] = 0
-        self._wsum[rest:] = 0
-        start, self.top = self.top, upto
+        band = None
+        if keep > 0:
+            band = self._acc[:, :keep, : g.width]
+            band.div_(self._wsum[:keep, : g.width])
+        start, self.top, self._released = self.top, upto, n
         return (start, band) if band is not None else None
 
 
@@ -218,8 +239,12 @@ def iter_stitched(
     that row band, stacked into ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per
     row of tiles and the CPU does no per-tile work; the next row is cut while the device runs the
     current batch. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a tensor on any
-    device, or numpy). Bands are float32 tensors on that device and cover rows ``0..H-1`` in order,
-    exactly once.
+    device, or numpy).
+
+    A batch may hold the end of one tile row and the start of the next: the finished rows are
+    handed on before the next tile row is added, so the stitching buffer stays one tile high.
+    Bands are float32 tensors on ``run``'s device, cover rows ``0..H-1`` in order, exactly once,
+    and are views of that buffer, valid until the next band is requested (copy one to keep it).
     """
     if image.shape[0] != grid.height or image.shape[1] != grid.width:
         raise ValueError(
@@ -244,18 +269,22 @@ def iter_stitched(
         probs = torch.as_tensor(run(batch))  # on a GPU this only queues the work
         if stitcher is None:
             stitcher = BandStitcher(grid, num_classes, window.to(probs.device))
+        following = chunks[i + 1] if i + 1 < len(chunks) else None
+        if following:  # cut the next rows now: the band's consumer below waits for the GPU
+            row_bands = {y: band for y, band in row_bands.items() if y >= chunk[-1][0]}
+            load_rows(following)
         for (y, x), p in zip(chunk, probs, strict=True):
+            if y > stitcher.top:  # a new tile row: every row above it is final
+                released = stitcher.release(y)
+                if released is not None:
+                    yield released
             stitcher.add(y, x, p.float())
         if on_tiles is not None:
             on_tiles(len(chunk))
-        following = chunks[i + 1] if i + 1 < len(chunks) else None
-        upto = following[0][0] if following else grid.padded_height
-        row_bands = {y: band for y, band in row_bands.items() if y >= upto}
-        if following:
-            load_rows(following)  # before the band is handed on (its consumer waits for the GPU)
-        released = stitcher.release(upto)
-        if released is not None:
-            yield released
+    assert stitcher is not None
+    released = stitcher.release(grid.padded_height)
+    if released is not None:
+        yield released
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

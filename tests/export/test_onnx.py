@@ -93,6 +93,8 @@ def test_metadata_round_trip(trained_bundle, exported):
     )
     assert info.ignore_index == 255
     assert onnx_model_info(meta).classes == CLASSES  # the metadata dict alone is enough
+    # predict.batch_size: null is exported empty and leaves the choice to the device
+    assert onnx_model_info({**meta, "batch_size": ""}).batch_size is None
 
 
 def test_predict_from_onnx_agrees_with_checkpoint(trained_bundle, exported, test_image):

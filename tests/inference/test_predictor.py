@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from segkit.errors import ConfigError, DataError, ModelError
+from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
 from segkit.inference.predictor import Predictor
 from segkit.inference.tiling import blend_window, make_grid
 
@@ -36,11 +37,30 @@ def test_info_comes_from_the_bundle(predictor):
     assert predictor.settings(tile=128).tile == 128
 
 
+def test_batch_size_comes_from_the_call_then_the_model_then_the_device(predictor, gray_bundle_path):
+    assert predictor.settings().batch_size == 4  # the bundle's predict.batch_size
+    assert predictor.settings(batch_size=16).batch_size == 16
+    unset = Predictor.from_path(gray_bundle_path)  # predict.batch_size: null in the bundle
+    assert unset.info.batch_size is None
+    assert unset.settings().batch_size == CPU_BATCH_SIZE
+    assert default_batch_size(torch.device("cuda")) == GPU_BATCH_SIZE > CPU_BATCH_SIZE
+
+
 def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
     image = shapes_image(90, 77, seed=1)
     probs = predictor.predict_proba(image, tile=512)
     np.testing.assert_allclose(probs, whole_image_probs(predictor, image), atol=1e-5)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_iter_bands_yields_bands_the_caller_may_keep(predictor, as_tensor):
+    """Kept bands stay intact (the tiler reuses its buffer; the public iterator copies out of it)."""
+    image = shapes_image(150, 90, seed=2)
+    bands = list(predictor.iter_bands(image, tile=64, overlap=0.25, as_tensor=as_tensor))
+    assert len(bands) > 2 and [r for r, _ in bands] == sorted(r for r, _ in bands)
+    stacked = np.concatenate([np.asarray(b) for _, b in bands], axis=1)
+    np.testing.assert_allclose(stacked, predictor.predict_proba(image, tile=64, overlap=0.25))
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def test_identity_model_stitches_back_to_its_input(
 
 
 def test_bands_are_released_before_the_whole_image_is_processed():
-    """Peak memory is a band, not the image: the first band comes out after the first tile row."""
+    """Peak memory is a band, not the image: the first band comes out once the first tile row is
+    done (while the batch that starts the next row is already running)."""
     h, w, tile = 400, 64, 64
     grid = make_grid(h, w, tile, 0.25, 8)
     calls = []
@@ -103,7 +104,7 @@ def test_bands_are_released_before_the_whole_image_is_processed():
     stream = iter_stitched(np.zeros((h, w, 1), np.float32), grid, run, 1, batch_size=1)
     row, band = next(stream)
     assert row == 0 and band.shape[1] == grid.ys[1]
-    assert sum(calls) == 1 < len(grid)
+    assert sum(calls) == 2 < len(grid)  # tile row 0 (one tile), and the first tile of row 1
     rest = list(stream)
     assert sum(calls) == len(grid)
     assert all(b.shape[1] <= tile for _, b in rest)
@@ -115,11 +116,55 @@ def test_stitcher_buffer_stays_a_tile_high_for_wide_images():
     peak = 0
     for y, x in grid.tiles():
         st_.add(y, x, torch.ones((2, grid.tile_h, grid.tile_w)))
-        peak = max(peak, st_._wsum.shape[0])
+        peak = max(peak, st_.rows_held)
         if x == grid.xs[-1]:
             nxt = [yy for yy in grid.ys if yy > y]
             st_.release(nxt[0] if nxt else grid.padded_height)
     assert peak == grid.tile_h
+
+
+@pytest.mark.parametrize("batch", [1, 5, 7])
+def test_batches_spanning_two_tile_rows_keep_the_buffer_one_tile_high(monkeypatch, batch):
+    """A batch holding the end of one tile row and the start of the next must not grow the
+    buffer to two tile heights: the finished rows go out before the next row is added."""
+    import segkit.inference.tiling as tiling
+
+    stitchers = []
+
+    class Recording(BandStitcher):
+        peak = 0
+
+        def add(self, y, x, probs):
+            super().add(y, x, probs)
+            Recording.peak = max(Recording.peak, self.rows_held)
+
+    def make(*args):
+        stitchers.append(Recording(*args))
+        return stitchers[-1]
+
+    monkeypatch.setattr(tiling, "BandStitcher", make)
+    h, w = 300, 200
+    grid = make_grid(h, w, 64, 0.25, 8)
+    assert len(grid.xs) % batch != 0 or batch == 1  # batches do span two tile rows
+    image = np.random.default_rng(1).random((h, w, 2), dtype=np.float32)
+    out = np.full((2, h, w), np.nan, dtype=np.float32)
+    for row, band in iter_stitched(image, grid, lambda x: x, 2, batch_size=batch):
+        out[:, row : row + band.shape[1]] = band.numpy()
+    np.testing.assert_allclose(out, image.transpose(2, 0, 1), atol=1e-5)
+    assert Recording.peak == grid.tile_h
+
+
+def test_released_band_is_normalised_in_place_and_valid_until_the_next_call():
+    grid = make_grid(40, 40, 32, 0.25, 8)
+    st_ = BandStitcher(grid, 1, torch.from_numpy(blend_window(grid.tile_h, grid.tile_w)))
+    for x in grid.xs:
+        st_.add(0, x, torch.full((1, grid.tile_h, grid.tile_w), 0.5))
+    row, band = st_.release(grid.ys[1])
+    assert row == 0 and band.shape == (1, grid.ys[1], 40)
+    assert band.data_ptr() == st_._acc.data_ptr()  # a view of the buffer: nothing allocated
+    np.testing.assert_allclose(band.numpy(), 0.5, atol=1e-6)
+    st_.add(grid.ys[1], 0, torch.zeros((1, grid.tile_h, grid.tile_w)))
+    assert st_.rows_held == grid.tile_h  # the released rows were dropped, not appended to
 
 
 def test_reflect_indices_match_numpy_pad():
@@ -169,7 +214,8 @@ def test_pixels_are_prepared_once_per_row_of_tiles():
 
     image = np.random.default_rng(0).random((h, w, 1), dtype=np.float32)
     out = np.concatenate(
-        [b.numpy() for _, b in iter_stitched(image, grid, lambda x: x, 1, prepare=prepare)], axis=1
+        [b.numpy().copy() for _, b in iter_stitched(image, grid, lambda x: x, 1, prepare=prepare)],
+        axis=1,
     )
     assert shapes == [(grid.tile_h, grid.padded_width, 1)] * len(grid.ys)
     np.testing.assert_allclose(out[0], image[..., 0], atol=1e-5)
