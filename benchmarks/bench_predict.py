@@ -128,7 +128,7 @@ def _monai(
         probs = sliding_window_inference(
             x,
             roi_size=(TILE, TILE),
-            sw_batch_size=args.batch_size,
+            sw_batch_size=predictor.settings().batch_size,
             predictor=predictor.backend,
             overlap=OVERLAP,
             mode="gaussian",
@@ -180,6 +180,7 @@ def child(args: argparse.Namespace) -> dict:
         "peak_rss_gb": _peak_rss_gb(),
         "rss_before_gb": rss_before,
         "tiles": len(predictor.grid(h, w)),
+        "batch_size": predictor.settings().batch_size,
         "device": str(device),
         "gpu_peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None,
         "labels_checksum": int(labels.astype(np.int64).sum()),
@@ -202,8 +203,7 @@ def run_child(
         str(model),
         "--image",
         str(image),
-        "--batch-size",
-        str(ns.batch_size),
+        *(["--batch-size", str(ns.batch_size)] if ns.batch_size else []),
         "--repeats",
         str(1 if save_probs else ns.repeats),
     ]
@@ -241,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         help="network runtime used by both tools",
     )
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (both tools)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per forward pass, both tools (default: segkit's for the device: 8 GPU, 2 CPU)",
+    )
     p.add_argument(
         "--repeats", type=int, default=1, help="timed runs per tool and size (median time reported)"
     )
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "image and the warm-up (the runtime, the model and the image), before the timed runs"
     )
     print(
-        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={ns.batch_size}"
+        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={next((r['batch_size'] for _, r, _ in rows if 'batch_size' in r), ns.batch_size)}"
     )
     print(
         f"{'size':>7} {'tool':>7} {'tiles':>6} {'time s':>9} {'peak RSS GB':>12} {'RSS before':>11} {'GPU peak GB':>12}"
