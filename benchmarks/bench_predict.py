@@ -7,7 +7,7 @@ gaussian blending (sigma 0.125 of the tile; both use segkit's window, passed to 
 Only the tiler differs: segkit reads tiles from the uint8 image and releases finished bands;
 MONAI needs the image as one float tensor and keeps full-size K-channel accumulators.
 
-Every measurement runs in a fresh subprocess (peak RSS = ``ru_maxrss``; on CUDA also
+Every measurement runs in a fresh subprocess (peak RSS = the process's ``VmHWM``; on CUDA also
 ``torch.cuda.max_memory_allocated``). The model is Unet-resnet34, random init (seed 0), 12 classes.
 
     pip install -e .[benchmark]
@@ -34,6 +34,14 @@ TILE, OVERLAP = 512, 0.25
 
 
 def _peak_rss_gb() -> float:
+    """This process's peak RSS. On Linux ``VmHWM`` of /proc/self/status: ``ru_maxrss`` would
+    carry the parent's peak over into a child started by fork/vfork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
