@@ -59,7 +59,7 @@ class OnnxBackend:
     ``__call__``: ``(N, C, h, w)`` float32 normalised tiles -> ``(N, K, h, w)`` float32 probabilities.
     """
 
-    device = torch.device("cpu")
+    device = torch.device("cpu")  # where tiles go in and probabilities come out
 
     def __init__(
         self, session: Any, info: ModelInfo, head: str, normalize_in_graph: bool, path: Path
@@ -69,6 +69,10 @@ class OnnxBackend:
         self.head = head
         self.normalize_in_graph = normalize_in_graph
         self.path = path
+        # Where the network runs (the default batch size depends on it), unlike ``device``.
+        self.network_device = torch.device(
+            "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        )
         inp = session.get_inputs()[0]
         self.input_name: str = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32

@@ -203,7 +203,7 @@ class Predictor:
             tta=str(pick("tta")),
             batch_size=int(batch_size)
             if batch_size is not None
-            else default_batch_size(self._device()),
+            else default_batch_size(getattr(self.backend, "network_device", self._device())),
         )
         if s.tile < 1 or s.batch_size < 1 or s.overlap < 0:
             raise ConfigError(

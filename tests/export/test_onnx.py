@@ -97,6 +97,18 @@ def test_metadata_round_trip(trained_bundle, exported):
     assert onnx_model_info({**meta, "batch_size": ""}).batch_size is None
 
 
+def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
+    """onnxruntime hands tiles back on the CPU even when its CUDA provider runs the network."""
+    from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+
+    p = _predictor().from_path(exported[0], device="cpu")
+    p.info.batch_size = None  # the model recommends none
+    assert p.backend.network_device.type == "cpu"
+    assert p.settings().batch_size == CPU_BATCH_SIZE
+    p.backend.network_device = torch.device("cuda")  # what a CUDAExecutionProvider session sets
+    assert p.settings().batch_size == GPU_BATCH_SIZE
+
+
 def test_predict_from_onnx_agrees_with_checkpoint(trained_bundle, exported, test_image):
     Predictor = _predictor()
     path, _ = exported
