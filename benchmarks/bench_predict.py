@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size",
         type=int,
         default=None,
-        help="tiles per forward pass, both tools (default: segkit's for the device: 8 GPU, 2 CPU)",
+        help="tiles per forward pass, both tools (default: segkit's for the device: 8 GPU, 1 CPU)",
     )
     p.add_argument(
         "--repeats", type=int, default=1, help="timed runs per tool and size (median time reported)"

@@ -234,7 +234,7 @@ def _tiling_options(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="tiles per forward pass (default: the model's, else 8 on a GPU and 2 on a CPU)",
+        help="tiles per forward pass (default: the model's, else 8 on a GPU and 1 on a CPU)",
     )
 
 

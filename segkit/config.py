@@ -292,7 +292,7 @@ class PredictConfig(_Section):
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="Tiles per forward pass; null = 8 on a GPU, 2 on a CPU (where bigger batches "
+        description="Tiles per forward pass; null = 8 on a GPU, 1 on a CPU (where bigger batches "
         "are no faster and hold more memory).",
     )
 

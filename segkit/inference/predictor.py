@@ -16,7 +16,7 @@ import torch
 
 from segkit.config import TTA_MODES
 from segkit.errors import ConfigError, DataError, ModelError
-from segkit.inference.backend import Backend, ModelInfo, default_batch_size
+from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
 
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
@@ -253,10 +253,11 @@ class Predictor:
         """Where tiles are cut and normalised: the torch backend's device (CPU for onnxruntime)."""
         return torch.device(getattr(self.backend, "device", "cpu"))
 
-    def _bands(
+    def _blocks(
         self, image: np.ndarray, s: Settings, on_tiles: Callable[[int], None] | None = None
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
+        device = self._device()
         yield from iter_stitched(
             image,
             grid,
@@ -266,10 +267,11 @@ class Predictor:
             batch_size=s.batch_size,
             prepare=self._prepare,
             on_tiles=on_tiles,
-            device=self._device(),
+            device=device,
+            block_width=block_width(device),
         )
 
-    def iter_bands(
+    def iter_blocks(
         self,
         image: np.ndarray,
         tile: int | None = None,
@@ -280,24 +282,52 @@ class Predictor:
         on_tiles: Callable[[int], None] | None = None,
         as_tensor: bool = False,
         copy: bool = True,
-    ) -> Iterator[tuple[int, np.ndarray]] | Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(row_start, probs)`` bands, ``probs`` float32 ``(K, rows, W)``, top to bottom.
+    ) -> Iterator[tuple[int, int, np.ndarray]] | Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(row, col, probs)`` blocks, ``probs`` float32 ``(K, h, w)``, in row-major order;
+        together they cover the image exactly once. The streaming path of every output.
 
         ``image`` is ``H x W`` or ``H x W x C`` uint8/uint16/float (float assumed in [0, 1]); it is
-        read one row of tiles at a time, so a memory-mapped image is never loaded whole. ``as_tensor`` yields torch
-        tensors on the backend's device instead (arg-max there, copy less). ``copy=False`` yields
-        views of the stitching buffer, valid only until the next band is requested: for consumers
-        that use each band at once, it saves a band-sized allocation per band. ``on_tiles(n)`` is
-        called after every batch of ``n`` tiles (progress bars).
+        read one row of tiles at a time, so a memory-mapped image is never loaded whole.
+        ``as_tensor`` yields torch tensors on the backend's device instead (arg-max there, copy
+        less). ``copy=False`` yields views of the stitching buffer, valid only until the next block
+        is requested: for consumers that use each block at once. ``on_tiles(n)`` is called after
+        every batch of ``n`` tiles (progress bars).
         """
         image = _check_image(image)
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
-        for row, band in self._bands(image, s, on_tiles):
+        for row, col, block in self._blocks(image, s, on_tiles):
             if as_tensor:
-                yield row, (band.clone() if copy else band)
+                yield row, col, (block.clone() if copy else block)
             else:
-                on_host = band.cpu()  # a copy when the band is on a GPU, a view on the CPU
-                yield row, (on_host.numpy().copy() if copy and on_host is band else on_host.numpy())
+                on_host = block.cpu()  # a copy when the block is on a GPU, a view on the CPU
+                yield (
+                    row,
+                    col,
+                    on_host.numpy().copy() if copy and on_host is block else on_host.numpy(),
+                )
+
+    def iter_bands(
+        self,
+        image: np.ndarray,
+        tile: int | None = None,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: str | None = None,
+        *,
+        on_tiles: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(row, probs)`` full-width bands, ``probs`` float32 ``(K, rows, W)``, top to
+        bottom: the blocks of one tile row put together, for consumers that write by rows."""
+        band: np.ndarray | None = None
+        for row, col, block in self.iter_blocks(
+            image, tile, overlap, blend, tta, on_tiles=on_tiles, copy=False
+        ):
+            if col == 0:
+                band = np.empty((block.shape[0], block.shape[1], image.shape[1]), np.float32)
+            assert band is not None
+            band[:, :, col : col + block.shape[2]] = block
+            if col + block.shape[2] == image.shape[1]:
+                yield row, band
 
     def predict_proba(
         self,
@@ -310,8 +340,8 @@ class Predictor:
         """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
         image = _check_image(image)
         out = np.empty((self.info.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
-        for row, band in self.iter_bands(image, tile, overlap, blend, tta, copy=False):
-            out[:, row : row + band.shape[1]] = band
+        for row, col, block in self.iter_blocks(image, tile, overlap, blend, tta, copy=False):
+            out[:, row : row + block.shape[1], col : col + block.shape[2]] = block
         return out
 
     def predict(
@@ -326,8 +356,8 @@ class Predictor:
         image = _check_image(image)
         out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
-        for row, band in self._bands(image, s):
-            out[row : row + band.shape[1]] = band_labels(band)
+        for row, col, block in self._blocks(image, s):
+            out[row : row + block.shape[1], col : col + block.shape[2]] = argmax_labels(block)
         return out
 
 
@@ -336,8 +366,8 @@ def label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.int32)
 
 
-def band_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Arg-max over classes of ``(K, rows, W)`` probabilities, taken where they are (GPU or CPU)
+def argmax_labels(probs: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Arg-max over classes of ``(K, h, w)`` probabilities, taken where they are (GPU or CPU)
     and narrowed to :func:`label_dtype` before the copy to the host (8x fewer bytes than int64)."""
     dtype = label_dtype(probs.shape[0])
     if isinstance(probs, np.ndarray):

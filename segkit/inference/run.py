@@ -253,13 +253,13 @@ def run_items(
                 bar.plan_tiles(n_tiles)
                 writer = OutputWriter(base, save, info, h, w, probs_dtype).__enter__()
                 try:
-                    for row, band in predictor.iter_bands(
+                    for row, col, block in predictor.iter_blocks(
                         image,
                         on_tiles=lambda n: bar.tiles(n * passes),
                         as_tensor=True,
-                        copy=False,  # add_band uses each band at once
+                        copy=False,  # add_block uses each block at once
                     ):
-                        writer.add_band(row, band)
+                        writer.add_block(row, col, block)
                 except BaseException:
                     writer.abort()
                     raise

@@ -2,8 +2,9 @@
 
 An image of any size is covered by a grid of equal tiles spread evenly so the last tile ends at the
 (stride-padded) border. Pixels outside the image are read by reflection, so no padded copy of the
-image is ever made. Tiles are run in row-major order and a band of rows is handed on as soon as no
-pending tile touches it, so memory grows with ``width x tile height x classes``, not with the area.
+image is ever made. Tiles are run in row-major order and a block of pixels is handed on as soon
+as no pending tile touches it, so memory grows with ``classes x (overlap x width + tile height x
+block width)``, not with the area.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -140,83 +142,109 @@ def blend_window(h: int, w: int, kind: str = "gaussian") -> np.ndarray:
     return np.outer(_window_1d(h, kind), _window_1d(w, kind)).astype(np.float32)
 
 
-class BandStitcher:
-    """Accumulates weighted tile probabilities and releases finished bands of rows.
+def _coverage(starts: tuple[int, ...], length: int, window: torch.Tensor) -> torch.Tensor:
+    """Sum of the 1-D ``window`` placed at every start: one factor of the weight normaliser."""
+    total = window.new_zeros(length)
+    for s in starts:
+        total[s : s + len(window)] += window
+    return total
 
-    Only the rows between the first unfinished row and the lowest tile added so far are held:
-    ``K x tile height x padded width`` floats when tiles arrive one tile row at a time, as torch
-    tensors on the device the probabilities come from (so on a GPU, blending never leaves it).
-    A released band is normalised in place and handed out as a view of the buffer: it stays valid
-    until the next ``add`` or ``release`` (copy it to keep it), so releasing allocates nothing.
+
+class BlockStitcher:
+    """Blends tile probabilities and hands out finished blocks, holding a small part of the image.
+
+    Tiles arrive in row-major order. Rows ``[ys[i], ys[i+1])`` are final once tile row ``i`` is done,
+    and columns ``[.., xs[j+1])`` of them once its tile ``j`` is added. So the stitcher holds only
+
+    - a work area ``K x tile_h x (block_width + tile_w)`` for the current tile row, and
+    - a carry ``K x overlap rows x padded width``: what earlier tile rows added below them,
+
+    (``block_width=None``: one block per tile row, the work area spans the width). The blend
+    window is a product of a row and a column window placed on a product grid, so the weight sum
+    is the outer product of two 1-D sums: no weight-sum buffer is kept. Everything lives on the
+    device the probabilities come from, so on a GPU blending never leaves it.
+
+    ``add`` returns the block a tile completed, normalised in place as a view of the work area:
+    it stays valid until the next ``add`` (copy it to keep it), so handing out allocates nothing.
     """
 
-    def __init__(self, grid: TileGrid, num_classes: int, window: torch.Tensor) -> None:
+    def __init__(
+        self,
+        grid: TileGrid,
+        num_classes: int,
+        blend: str = "gaussian",
+        *,
+        device: str | torch.device | None = None,
+        block_width: int | None = None,
+    ) -> None:
+        if block_width is not None and block_width < 1:
+            raise ConfigError(f"block_width must be >= 1, got {block_width}")
         self.grid = grid
-        self.num_classes = num_classes
-        self.window = window
-        self.top = 0  # absolute row of buffer row 0
-        self._released = 0  # buffer rows handed out by the last release, dropped on the next call
-        opts = {"dtype": torch.float32, "device": window.device}
-        self._acc = torch.zeros((num_classes, grid.tile_h, grid.padded_width), **opts)
-        self._wsum = torch.zeros((grid.tile_h, grid.padded_width), **opts)
+        device = torch.device(device or "cpu")
+        opts = {"dtype": torch.float32, "device": device}
+        win_y = torch.from_numpy(_window_1d(grid.tile_h, blend)).to(**opts)
+        win_x = torch.from_numpy(_window_1d(grid.tile_w, blend)).to(**opts)
+        self.window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend)).to(**opts)
+        self._sum_y = _coverage(grid.ys, grid.padded_height, win_y)
+        self._sum_x = _coverage(grid.xs, grid.padded_width, win_x)
+        self.block_width = block_width or grid.padded_width
+        width = min(grid.padded_width, self.block_width + grid.tile_w)
+        self.work = torch.zeros((num_classes, grid.tile_h, width), **opts)
+        carry_rows = max((a + grid.tile_h - b for a, b in pairwise(grid.ys)), default=0)
+        self.carry = torch.zeros((num_classes, carry_rows, grid.padded_width), **opts)
+        self._next = (0, 0)  # (tile row, tile column) expected next
+        self.left = 0  # absolute column of work column 0
+        self._handed_out: tuple[int, int] | None = None  # (columns, pending) of the last block
 
-    @property
-    def rows_held(self) -> int:
-        """Rows of the accumulation buffer (``tile_h`` unless tiles of two tile rows overlap in it)."""
-        return self._wsum.shape[0]
-
-    def _ensure(self, rows: int) -> None:
-        grow = rows - self._wsum.shape[0]
-        if grow > 0:
-            self._acc = torch.cat(
-                [self._acc, self._acc.new_zeros((self.num_classes, grow, self._acc.shape[2]))],
-                dim=1,
-            )
-            self._wsum = torch.cat(
-                [self._wsum, self._wsum.new_zeros((grow, self._wsum.shape[1]))], dim=0
-            )
-
-    def _drop_released(self) -> None:
-        """Move the rows kept after the last release to the top of the buffer and zero the rest."""
-        n, self._released = self._released, 0
-        if n == 0:
-            return
-        rest = self._wsum.shape[0] - n
-        for start in range(0, rest, n):  # move the kept rows up in blocks that cannot overlap,
-            stop = min(start + n, rest)  # so no temporary copy of the whole buffer is made
-            self._acc[:, start:stop] = self._acc[:, n + start : n + stop]
-            self._wsum[start:stop] = self._wsum[n + start : n + stop]
-        self._acc[:, max(rest, 0) :] = 0
-        self._wsum[max(rest, 0) :] = 0
-
-    def add(self, y: int, x: int, probs: torch.Tensor) -> None:
-        """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)`` (``y >= self.top``)."""
-        if y < self.top:
-            raise ValueError(f"tile at row {y} arrives after rows up to {self.top} were released")
-        self._drop_released()
+    def add(self, y: int, x: int, probs: torch.Tensor) -> tuple[int, int, torch.Tensor] | None:
+        """Add one tile's ``(K, tile_h, tile_w)`` probabilities at ``(y, x)``; return the block
+        ``(row, col, (K, h, w))`` this tile completed (cropped to the image), else None."""
         g = self.grid
-        r = y - self.top
-        self._ensure(r + g.tile_h)
-        self._acc[:, r : r + g.tile_h, x : x + g.tile_w].addcmul_(probs, self.window)
-        self._wsum[r : r + g.tile_h, x : x + g.tile_w] += self.window
-
-    def release(self, upto: int) -> tuple[int, torch.Tensor] | None:
-        """Normalise rows ``[top, upto)`` in place and hand them back cropped to the image as
-        ``(row, (K, n, W))``, a view valid until the next ``add``/``release``."""
-        self._drop_released()
-        g = self.grid
-        upto = min(upto, g.padded_height)
-        n = upto - self.top
-        if n <= 0:
+        i, j = self._next
+        if i >= len(g.ys) or (y, x) != (g.ys[i], g.xs[j]):
+            raise ValueError(f"tile ({y}, {x}) arrives out of row-major order")
+        self._next = (i, j + 1) if j + 1 < len(g.xs) else (i + 1, 0)
+        self._drop_handed_out()
+        if j == 0:
+            self.left = 0
+        c = x - self.left
+        self.work[:, :, c : c + g.tile_w].addcmul_(probs, self.window)
+        upto = g.xs[j + 1] if j + 1 < len(g.xs) else g.padded_width
+        if upto < g.padded_width and upto - self.left < self.block_width:
             return None
-        self._ensure(n)
-        keep = min(upto, g.height) - self.top
-        band = None
-        if keep > 0:
-            band = self._acc[:, :keep, : g.width]
-            band.div_(self._wsum[:keep, : g.width])
-        start, self.top, self._released = self.top, upto, n
-        return (start, band) if band is not None else None
+        return self._finish_columns(i, upto, pending=x + g.tile_w - upto)
+
+    def _finish_columns(
+        self, i: int, upto: int, pending: int
+    ) -> tuple[int, int, torch.Tensor] | None:
+        """Columns ``[left, upto)`` of tile row ``i`` are final: merge the carry, keep what falls
+        below the next tile row, normalise the final rows."""
+        g = self.grid
+        y, left, n = g.ys[i], self.left, upto - self.left
+        work = self.work[:, :, :n]
+        if i > 0:
+            carried = g.ys[i - 1] + g.tile_h - y
+            work[:, :carried] += self.carry[:, :carried, left:upto]
+        final = g.ys[i + 1] - y if i + 1 < len(g.ys) else g.tile_h
+        if final < g.tile_h:
+            self.carry[:, : g.tile_h - final, left:upto] = work[:, final:]
+        self._handed_out, self.left = (n, pending), upto
+        rows, cols = min(final, g.height - y), min(upto, g.width) - left
+        if rows <= 0 or cols <= 0:  # stride padding only
+            return None
+        block = work[:, :rows, :cols]
+        block.div_(self._sum_y[y : y + rows, None] * self._sum_x[left : left + cols])
+        return y, left, block
+
+    def _drop_handed_out(self) -> None:
+        """Move the pending columns (tiles reaching past the last block) to the front, zero the rest."""
+        if self._handed_out is None:
+            return
+        n, pending = self._handed_out
+        self._handed_out = None
+        if pending > 0:
+            self.work[:, :, :pending] = self.work[:, :, n : n + pending].clone()
+        self.work[:, :, pending : n + pending] = 0
 
 
 def iter_stitched(
@@ -230,8 +258,9 @@ def iter_stitched(
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     on_tiles: Callable[[int], None] | None = None,
     device: str | torch.device | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Run ``run`` over the tiles of ``image`` and yield finished ``(row_start, (K, rows, W))`` bands.
+    block_width: int | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Run ``run`` over the tiles of ``image`` and yield finished ``(row, col, (K, h, w))`` blocks.
 
     ``image`` is ``H x W [x C]`` in any dtype. It is read one row of tiles at a time: the rows are
     cut (reflected past the border), turned by ``prepare`` into ``tile_h x padded_W x C`` pixels
@@ -241,10 +270,10 @@ def iter_stitched(
     current batch. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a tensor on any
     device, or numpy).
 
-    A batch may hold the end of one tile row and the start of the next: the finished rows are
-    handed on before the next tile row is added, so the stitching buffer stays one tile high.
-    Bands are float32 tensors on ``run``'s device, cover rows ``0..H-1`` in order, exactly once,
-    and are views of that buffer, valid until the next band is requested (copy one to keep it).
+    Blocks are float32 tensors on ``run``'s device, in row-major order, and cover every pixel of
+    the image exactly once; a block spans the rows between two tile rows and at least
+    ``block_width`` columns (``None``: the whole width, one block per tile row). Each is a view of
+    the stitching buffer, valid until the next block is requested (copy one to keep it).
     """
     if image.shape[0] != grid.height or image.shape[1] != grid.width:
         raise ValueError(
@@ -252,8 +281,7 @@ def iter_stitched(
         )
     prepare = prepare or _default_prepare
     device = torch.device(device or "cpu")
-    window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend))
-    stitcher: BandStitcher | None = None
+    stitcher: BlockStitcher | None = None
     row_bands: dict[int, torch.Tensor] = {}  # tile-row start -> its (C, tile_h, W) pixels on device
 
     def load_rows(chunk: list[tuple[int, int]]) -> None:
@@ -268,23 +296,19 @@ def iter_stitched(
         batch = torch.stack([row_bands[y][:, :, x : x + grid.tile_w] for y, x in chunk])
         probs = torch.as_tensor(run(batch))  # on a GPU this only queues the work
         if stitcher is None:
-            stitcher = BandStitcher(grid, num_classes, window.to(probs.device))
+            stitcher = BlockStitcher(
+                grid, num_classes, blend, device=probs.device, block_width=block_width
+            )
         following = chunks[i + 1] if i + 1 < len(chunks) else None
-        if following:  # cut the next rows now: the band's consumer below waits for the GPU
+        if following:  # cut the next rows now: the block's consumer below waits for the GPU
             row_bands = {y: band for y, band in row_bands.items() if y >= chunk[-1][0]}
             load_rows(following)
         for (y, x), p in zip(chunk, probs, strict=True):
-            if y > stitcher.top:  # a new tile row: every row above it is final
-                released = stitcher.release(y)
-                if released is not None:
-                    yield released
-            stitcher.add(y, x, p.float())
+            block = stitcher.add(y, x, p.float())
+            if block is not None:
+                yield block
         if on_tiles is not None:
             on_tiles(len(chunk))
-    assert stitcher is not None
-    released = stitcher.release(grid.padded_height)
-    if released is not None:
-        yield released
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
-from segkit.inference.predictor import band_labels, label_dtype, to_unit_float
+from segkit.inference.predictor import argmax_labels, label_dtype, to_unit_float
 from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")
@@ -105,7 +105,7 @@ def _cannot_write(path: Path, e: OSError) -> DataError:
 class OutputWriter:
     """The outputs of one image: fed band by band, committed all at once.
 
-    Use as a context manager: ``add_band`` for every band, then ``commit(image)``; leaving the block
+    Use as a context manager: ``add_block`` for every block, then ``commit(image)``; leaving the block
     without ``commit`` (an error) removes every temporary file.
     """
 
@@ -163,19 +163,18 @@ class OutputWriter:
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
-    def add_band(self, row: int, probs: np.ndarray | torch.Tensor) -> None:
-        """Take the ``(K, rows, W)`` probabilities of rows ``row ..``: labels now, probs to disk.
-
-        ``probs`` may be a torch tensor on any device: the arg-max then runs there.
-        """
-        n = probs.shape[1]
-        self.labels[row : row + n] = band_labels(probs)
+    def add_block(self, row: int, col: int, probs: np.ndarray | torch.Tensor) -> None:
+        """Take the ``(K, h, w)`` probabilities of the block at ``(row, col)``: labels now,
+        probs to disk. ``probs`` may be a torch tensor on any device: the arg-max then runs there."""
+        rows = slice(row, row + probs.shape[1])
+        cols = slice(col, col + probs.shape[2])
+        self.labels[rows, cols] = argmax_labels(probs)
         if self._probs is not None:
             if isinstance(probs, torch.Tensor):
                 probs = probs.cpu().numpy()
             values = np.rint(probs * 255) if self.probs_dtype == "uint8" else probs
             try:
-                self._probs[:, row : row + n] = values
+                self._probs[:, rows, cols] = values
             except OSError as e:
                 raise _cannot_write(self.paths["probs"], e) from None
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from segkit.errors import ConfigError, DataError, ModelError
+from segkit.inference import backend
 from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
 from segkit.inference.predictor import Predictor
 from segkit.inference.tiling import blend_window, make_grid
@@ -54,12 +55,30 @@ def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_iter_bands_yields_bands_the_caller_may_keep(predictor, as_tensor):
-    """Kept bands stay intact (the tiler reuses its buffer; the public iterator copies out of it)."""
-    image = shapes_image(150, 90, seed=2)
-    bands = list(predictor.iter_bands(image, tile=64, overlap=0.25, as_tensor=as_tensor))
-    assert len(bands) > 2 and [r for r, _ in bands] == sorted(r for r, _ in bands)
-    stacked = np.concatenate([np.asarray(b) for _, b in bands], axis=1)
+def test_iter_blocks_yields_blocks_the_caller_may_keep(predictor, monkeypatch, as_tensor):
+    """Kept blocks stay intact (the tiler reuses its buffer; the public iterator copies out of it),
+    and narrow blocks (several per tile row) put together equal ``predict_proba``."""
+    monkeypatch.setattr(backend, "CPU_BLOCK_WIDTH", 40)
+    image = shapes_image(150, 130, seed=2)
+    blocks = list(predictor.iter_blocks(image, tile=64, overlap=0.25, as_tensor=as_tensor))
+    assert len({r for r, _, _ in blocks}) > 2 and len({c for _, c, _ in blocks}) > 1
+    out = np.full((predictor.info.num_classes, 150, 130), np.nan, np.float32)
+    for row, col, block in blocks:
+        out[:, row : row + block.shape[1], col : col + block.shape[2]] = np.asarray(block)
+    np.testing.assert_allclose(out, predictor.predict_proba(image, tile=64, overlap=0.25))
+    monkeypatch.setattr(backend, "CPU_BLOCK_WIDTH", 10_000)
+    np.testing.assert_allclose(
+        out, predictor.predict_proba(image, tile=64, overlap=0.25), atol=1e-6
+    )
+    assert (predictor.predict(image, tile=64) == out.argmax(0)).all()
+
+
+def test_iter_bands_puts_a_tile_row_of_blocks_together(predictor, monkeypatch):
+    monkeypatch.setattr(backend, "CPU_BLOCK_WIDTH", 40)
+    image = shapes_image(150, 130, seed=2)
+    bands = list(predictor.iter_bands(image, tile=64, overlap=0.25))
+    assert len(bands) > 2 and all(b.shape[2] == 130 for _, b in bands)
+    stacked = np.concatenate([b for _, b in bands], axis=1)
     np.testing.assert_allclose(stacked, predictor.predict_proba(image, tile=64, overlap=0.25))
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from segkit.errors import ConfigError
 from segkit.inference.tiling import (
     BLENDS,
-    BandStitcher,
+    BlockStitcher,
     blend_window,
     extract_tile,
     iter_stitched,
@@ -62,7 +62,23 @@ def test_blend_windows_are_strictly_positive_and_peak_at_one(h, w, kind):
     )  # symmetric: no direction is favoured
 
 
-@settings(max_examples=80, deadline=None)
+def stitch(image, grid, channels, **kwargs):
+    """Identity-model output of ``iter_stitched`` put back together; every pixel exactly once."""
+    h, w = image.shape[:2]
+    out = np.full((channels, h, w), np.nan, dtype=np.float32)
+    order = []
+    for row, col, block in iter_stitched(image, grid, lambda x: x, channels, **kwargs):
+        assert block.shape[0] == channels
+        region = out[:, row : row + block.shape[1], col : col + block.shape[2]]
+        assert np.isnan(region).all()  # never written twice
+        region[...] = block.numpy()
+        order.append((row, col))
+    assert order == sorted(order)  # row-major
+    assert not np.isnan(out).any()  # every pixel
+    return out
+
+
+@settings(max_examples=100, deadline=None)
 @given(
     h=st.integers(1, 150),
     w=st.integers(1, 150),
@@ -72,26 +88,21 @@ def test_blend_windows_are_strictly_positive_and_peak_at_one(h, w, kind):
     kind=st.sampled_from(BLENDS),
     batch=st.integers(1, 5),
     channels=st.integers(1, 3),
+    block_width=st.one_of(st.none(), st.integers(1, 120)),
 )
 def test_identity_model_stitches_back_to_its_input(
-    h, w, tile, overlap, stride, kind, batch, channels
+    h, w, tile, overlap, stride, kind, batch, channels, block_width
 ):
+    """Overlaps above one half (three tile rows on a pixel), blocks narrower than a tile, batches
+    spanning tile rows: whatever the geometry, blending an identity model gives the input back."""
     image = np.random.default_rng(h * 1000 + w).random((h, w, channels), dtype=np.float32)
     grid = make_grid(h, w, tile, overlap, stride)
-    out = np.full((channels, h, w), np.nan, dtype=np.float32)
-    rows_seen = []
-    for row, band in iter_stitched(
-        image, grid, lambda x: x, channels, blend=kind, batch_size=batch
-    ):
-        assert band.shape[0] == channels and band.shape[2] == w
-        rows_seen.extend(range(row, row + band.shape[1]))
-        out[:, row : row + band.shape[1]] = band.numpy()
-    assert rows_seen == list(range(h))  # every row exactly once, in order
+    out = stitch(image, grid, channels, blend=kind, batch_size=batch, block_width=block_width)
     np.testing.assert_allclose(out, image.transpose(2, 0, 1), atol=1e-5)
 
 
-def test_bands_are_released_before_the_whole_image_is_processed():
-    """Peak memory is a band, not the image: the first band comes out once the first tile row is
+def test_blocks_are_released_before_the_whole_image_is_processed():
+    """Peak memory is a block, not the image: the first rows come out once the first tile row is
     done (while the batch that starts the next row is already running)."""
     h, w, tile = 400, 64, 64
     grid = make_grid(h, w, tile, 0.25, 8)
@@ -102,69 +113,48 @@ def test_bands_are_released_before_the_whole_image_is_processed():
         return x
 
     stream = iter_stitched(np.zeros((h, w, 1), np.float32), grid, run, 1, batch_size=1)
-    row, band = next(stream)
-    assert row == 0 and band.shape[1] == grid.ys[1]
-    assert sum(calls) == 2 < len(grid)  # tile row 0 (one tile), and the first tile of row 1
+    row, col, block = next(stream)
+    assert (row, col) == (0, 0) and block.shape[1:] == (grid.ys[1], w)
+    assert sum(calls) == 1 < len(grid)  # only tile row 0 (one tile) has run
     rest = list(stream)
     assert sum(calls) == len(grid)
-    assert all(b.shape[1] <= tile for _, b in rest)
+    assert all(b.shape[1] <= tile for _, _, b in rest)
 
 
-def test_stitcher_buffer_stays_a_tile_high_for_wide_images():
-    grid = make_grid(1000, 3000, 128, 0.25, 8)
-    st_ = BandStitcher(grid, 2, torch.from_numpy(blend_window(grid.tile_h, grid.tile_w)))
-    peak = 0
-    for y, x in grid.tiles():
-        st_.add(y, x, torch.ones((2, grid.tile_h, grid.tile_w)))
-        peak = max(peak, st_.rows_held)
-        if x == grid.xs[-1]:
-            nxt = [yy for yy in grid.ys if yy > y]
-            st_.release(nxt[0] if nxt else grid.padded_height)
-    assert peak == grid.tile_h
+def test_stitcher_holds_a_block_and_an_overlap_strip_not_a_tile_high_band():
+    """A wide image: the work area is ``block_width + tile`` columns and the carry is as high as
+    the overlap, far less than the ``K x tile x W`` floats of a whole-width band."""
+    grid = make_grid(1000, 6000, 128, 0.25, 8)
+    st_ = BlockStitcher(grid, 2, block_width=256)
+    assert st_.work.shape == (2, grid.tile_h, 256 + grid.tile_w)
+    overlaps = [a + grid.tile_h - b for a, b in zip(grid.ys, grid.ys[1:], strict=False)]
+    assert st_.carry.shape == (2, max(overlaps), grid.padded_width)  # 32 px overlap, stride-snapped
+    held = st_.work.numel() + st_.carry.numel()
+    assert held < 0.5 * 2 * grid.tile_h * grid.padded_width
+    blocks = [b for y, x in grid.tiles() if (b := st_.add(y, x, torch.ones((2, 128, 128))))]
+    assert sum(b.shape[1] * b.shape[2] for _, _, b in blocks) == 1000 * 6000
+    assert all(b.shape[2] < 256 + grid.tile_w for _, _, b in blocks)
 
 
-@pytest.mark.parametrize("batch", [1, 5, 7])
-def test_batches_spanning_two_tile_rows_keep_the_buffer_one_tile_high(monkeypatch, batch):
-    """A batch holding the end of one tile row and the start of the next must not grow the
-    buffer to two tile heights: the finished rows go out before the next row is added."""
-    import segkit.inference.tiling as tiling
-
-    stitchers = []
-
-    class Recording(BandStitcher):
-        peak = 0
-
-        def add(self, y, x, probs):
-            super().add(y, x, probs)
-            Recording.peak = max(Recording.peak, self.rows_held)
-
-    def make(*args):
-        stitchers.append(Recording(*args))
-        return stitchers[-1]
-
-    monkeypatch.setattr(tiling, "BandStitcher", make)
-    h, w = 300, 200
-    grid = make_grid(h, w, 64, 0.25, 8)
-    assert len(grid.xs) % batch != 0 or batch == 1  # batches do span two tile rows
-    image = np.random.default_rng(1).random((h, w, 2), dtype=np.float32)
-    out = np.full((2, h, w), np.nan, dtype=np.float32)
-    for row, band in iter_stitched(image, grid, lambda x: x, 2, batch_size=batch):
-        out[:, row : row + band.shape[1]] = band.numpy()
-    np.testing.assert_allclose(out, image.transpose(2, 0, 1), atol=1e-5)
-    assert Recording.peak == grid.tile_h
+def test_whole_width_blocks_without_a_block_width():
+    grid = make_grid(300, 200, 64, 0.25, 8)
+    image = np.random.default_rng(1).random((300, 200, 2), dtype=np.float32)
+    blocks = list(iter_stitched(image, grid, lambda x: x, 2, batch_size=3))
+    assert [(r, c) for r, c, _ in blocks] == [(min(y, 300), 0) for y in grid.ys if y < 300]
+    assert all(b.shape[2] == 200 for _, _, b in blocks)
 
 
-def test_released_band_is_normalised_in_place_and_valid_until_the_next_call():
+def test_block_is_normalised_in_place_and_valid_until_the_next_add():
     grid = make_grid(40, 40, 32, 0.25, 8)
-    st_ = BandStitcher(grid, 1, torch.from_numpy(blend_window(grid.tile_h, grid.tile_w)))
+    st_ = BlockStitcher(grid, 1)
     for x in grid.xs:
-        st_.add(0, x, torch.full((1, grid.tile_h, grid.tile_w), 0.5))
-    row, band = st_.release(grid.ys[1])
-    assert row == 0 and band.shape == (1, grid.ys[1], 40)
-    assert band.data_ptr() == st_._acc.data_ptr()  # a view of the buffer: nothing allocated
-    np.testing.assert_allclose(band.numpy(), 0.5, atol=1e-6)
-    st_.add(grid.ys[1], 0, torch.zeros((1, grid.tile_h, grid.tile_w)))
-    assert st_.rows_held == grid.tile_h  # the released rows were dropped, not appended to
+        done = st_.add(0, x, torch.full((1, grid.tile_h, grid.tile_w), 0.5))
+    row, col, block = done
+    assert (row, col) == (0, 0) and block.shape == (1, grid.ys[1], 40)
+    assert block.data_ptr() == st_.work.data_ptr()  # a view of the buffer: nothing allocated
+    np.testing.assert_allclose(block.numpy(), 0.5, atol=1e-6)
+    with pytest.raises(ValueError, match="row-major"):
+        st_.add(0, 0, torch.zeros((1, grid.tile_h, grid.tile_w)))
 
 
 def test_reflect_indices_match_numpy_pad():
@@ -213,9 +203,6 @@ def test_pixels_are_prepared_once_per_row_of_tiles():
         return rows.astype(np.float32)
 
     image = np.random.default_rng(0).random((h, w, 1), dtype=np.float32)
-    out = np.concatenate(
-        [b.numpy().copy() for _, b in iter_stitched(image, grid, lambda x: x, 1, prepare=prepare)],
-        axis=1,
-    )
+    out = stitch(image, grid, 1, prepare=prepare, block_width=64)
     assert shapes == [(grid.tile_h, grid.padded_width, 1)] * len(grid.ys)
     np.testing.assert_allclose(out[0], image[..., 0], atol=1e-5)

@@ -44,14 +44,14 @@ def write_all(
     save=("index", "color", "overlay", "probs"),
     probs_dtype="float16",
     bands=(10, 20, 37),
+    cols=(12, 29),
 ):
     probs = random_probs(k, h, w)
     image = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
     with OutputWriter(tmp_path / "sub" / "img", save, info(k), h, w, probs_dtype) as writer:
-        start = 0
-        for end in bands:
-            writer.add_band(start, probs[:, start:end])
-            start = end
+        for top, bottom in zip((0, *bands), bands, strict=False):
+            for left, right in zip((0, *cols), cols, strict=False):  # blocks, row-major
+                writer.add_block(top, left, probs[:, top:bottom, left:right])
         paths = writer.commit(image)
     return probs, image, paths
 
@@ -95,7 +95,7 @@ def test_quantised_probs(tmp_path):
 def test_many_classes_give_a_tiff_of_int32_labels(tmp_path):
     import tifffile
 
-    probs, _, paths = write_all(tmp_path, k=300, h=9, w=11, save=("index",), bands=(9,))
+    probs, _, paths = write_all(tmp_path, k=300, h=9, w=11, save=("index",), bands=(9,), cols=(11,))
     assert paths["index"].suffix == ".tif"
     labels = tifffile.imread(paths["index"])
     assert labels.dtype == np.int32
@@ -120,7 +120,7 @@ def test_error_mid_image_leaves_nothing(tmp_path):
         pytest.raises(RuntimeError),
         OutputWriter(tmp_path / "img", ["index", "probs"], info(3), 20, 20) as writer,
     ):
-        writer.add_band(0, random_probs(3, 10, 20))
+        writer.add_block(0, 0, random_probs(3, 10, 20))
         raise RuntimeError("model crashed")
     assert list(tmp_path.iterdir()) == []
 
