@@ -17,6 +17,7 @@ import torch
 from segkit.config import TTA_MODES
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
+from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
 
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
@@ -93,6 +94,8 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 
 
 def _check_image(image: Any) -> np.ndarray:
+    if isinstance(image, TiffWindows):  # read by windows; duck-types the slicing the tiler uses
+        return image  # type: ignore[return-value]
     if not isinstance(image, np.ndarray):
         raise DataError(f"expected a numpy array HxW or HxWxC, got {type(image).__name__}")
     if image.ndim == 2:

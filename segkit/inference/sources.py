@@ -1,7 +1,8 @@
 """What ``segkit predict`` reads: an image file, a folder (recursive) or a glob, and how to open one.
 
 Uncompressed TIFFs are memory-mapped (tifffile), so a huge image is read tile by tile from the page
-cache instead of being decoded whole; everything else is decoded once by ``segkit.data.io``.
+cache; tiled or striped compressed TIFFs are read by windows (:mod:`segkit.inference.tiff_windows`);
+everything else is decoded once by ``segkit.data.io``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from segkit.data.io import IMAGE_SUFFIXES, list_images, read_image
 from segkit.errors import DataError
+from segkit.inference.tiff_windows import TiffWindows
 from segkit.utils import is_temporary_file
 
 _MAGIC = ("*", "?", "[")
@@ -100,10 +102,16 @@ def _tiff_memmap(path: Path, max_pixels: int | None) -> np.ndarray | None:
     return array
 
 
-def open_image(path: Path, in_channels: int, max_pixels: int | None = None) -> np.ndarray:
-    """``H x W [x C]`` pixels of ``path``: memory-mapped when possible, else decoded once."""
+def open_image(
+    path: Path, in_channels: int, max_pixels: int | None = None
+) -> np.ndarray | TiffWindows:
+    """``H x W [x C]`` pixels of ``path``: memory-mapped (uncompressed TIFF), read by windows
+    (tiled or striped TIFF), else decoded once."""
     if path.suffix.lower() in (".tif", ".tiff"):
         array = _tiff_memmap(path, max_pixels)
         if array is not None:
             return array
+        windows = TiffWindows.open(path, max_pixels)
+        if windows is not None:
+            return windows
     return read_image(path, in_channels=in_channels, max_pixels=max_pixels)

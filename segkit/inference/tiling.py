@@ -142,9 +142,9 @@ def blend_window(h: int, w: int, kind: str = "gaussian") -> np.ndarray:
     return np.outer(_window_1d(h, kind), _window_1d(w, kind)).astype(np.float32)
 
 
-def _coverage(starts: tuple[int, ...], length: int, window: torch.Tensor) -> torch.Tensor:
+def _coverage(starts: tuple[int, ...], length: int, window: np.ndarray) -> np.ndarray:
     """Sum of the 1-D ``window`` placed at every start: one factor of the weight normaliser."""
-    total = window.new_zeros(length)
+    total = np.zeros(length)
     for s in starts:
         total[s : s + len(window)] += window
     return total
@@ -182,11 +182,10 @@ class BlockStitcher:
         self.grid = grid
         device = torch.device(device or "cpu")
         opts = {"dtype": torch.float32, "device": device}
-        win_y = torch.from_numpy(_window_1d(grid.tile_h, blend)).to(**opts)
-        win_x = torch.from_numpy(_window_1d(grid.tile_w, blend)).to(**opts)
-        self.window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend)).to(**opts)
-        self._sum_y = _coverage(grid.ys, grid.padded_height, win_y)
-        self._sum_x = _coverage(grid.xs, grid.padded_width, win_x)
+        win_y, win_x = _window_1d(grid.tile_h, blend), _window_1d(grid.tile_w, blend)
+        self.window = torch.from_numpy(np.outer(win_y, win_x)).to(**opts)
+        self._sum_y = torch.from_numpy(_coverage(grid.ys, grid.padded_height, win_y)).to(**opts)
+        self._sum_x = torch.from_numpy(_coverage(grid.xs, grid.padded_width, win_x)).to(**opts)
         self.block_width = block_width or grid.padded_width
         width = min(grid.padded_width, self.block_width + grid.tile_w)
         self.work = torch.zeros((num_classes, grid.tile_h, width), **opts)
