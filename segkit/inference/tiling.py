@@ -270,9 +270,10 @@ def iter_stitched(
     device, or numpy).
 
     Blocks are float32 tensors on ``run``'s device, in row-major order, and cover every pixel of
-    the image exactly once; a block spans the rows between two tile rows and at least
-    ``block_width`` columns (``None``: the whole width, one block per tile row). Each is a view of
-    the stitching buffer, valid until the next block is requested (copy one to keep it).
+    the image exactly once; a block spans the rows between two tile rows and, except the last of
+    a row, at least ``block_width`` columns (``None``: the whole width, one block per tile row).
+    Each is a view of the stitching buffer, valid until the next block is requested (copy one to
+    keep it).
     """
     if image.shape[0] != grid.height or image.shape[1] != grid.width:
         raise ValueError(
