@@ -20,6 +20,9 @@ from segkit.inference.backend import Backend, ModelInfo, block_width, default_ba
 from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
 
+Image = np.ndarray | TiffWindows
+"""What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
+
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -93,9 +96,9 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _check_image(image: Any) -> np.ndarray:
+def _check_image(image: Any) -> Image:
     if isinstance(image, TiffWindows):  # read by windows; duck-types the slicing the tiler uses
-        return image  # type: ignore[return-value]
+        return image
     if not isinstance(image, np.ndarray):
         raise DataError(f"expected a numpy array HxW or HxWxC, got {type(image).__name__}")
     if image.ndim == 2:
@@ -257,7 +260,7 @@ class Predictor:
         return torch.device(getattr(self.backend, "device", "cpu"))
 
     def _blocks(
-        self, image: np.ndarray, s: Settings, on_tiles: Callable[[int], None] | None = None
+        self, image: Image, s: Settings, on_tiles: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
         device = self._device()
@@ -276,7 +279,7 @@ class Predictor:
 
     def iter_blocks(
         self,
-        image: np.ndarray,
+        image: Image,
         tile: int | None = None,
         overlap: float | None = None,
         blend: str | None = None,
@@ -311,7 +314,7 @@ class Predictor:
 
     def iter_bands(
         self,
-        image: np.ndarray,
+        image: Image,
         tile: int | None = None,
         overlap: float | None = None,
         blend: str | None = None,
@@ -334,7 +337,7 @@ class Predictor:
 
     def predict_proba(
         self,
-        image: np.ndarray,
+        image: Image,
         tile: int | None = None,
         overlap: float | None = None,
         blend: str | None = None,
@@ -349,7 +352,7 @@ class Predictor:
 
     def predict(
         self,
-        image: np.ndarray,
+        image: Image,
         tile: int | None = None,
         overlap: float | None = None,
         blend: str | None = None,

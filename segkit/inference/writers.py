@@ -103,10 +103,10 @@ def _cannot_write(path: Path, e: OSError) -> DataError:
 
 
 class OutputWriter:
-    """The outputs of one image: fed band by band, committed all at once.
+    """The outputs of one image: fed block by block, committed all at once.
 
-    Use as a context manager: ``add_block`` for every block, then ``commit(image)``; leaving the block
-    without ``commit`` (an error) removes every temporary file.
+    Use as a context manager: ``add_block`` for every block, then ``commit(image)``; leaving the
+    ``with`` without ``commit`` (an error) removes every temporary file.
     """
 
     def __init__(
