@@ -8,6 +8,7 @@ answers those reads by decoding only the segments a window touches.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class TiffWindows:
 
     Indexing takes what the tiler and the writers use: ``[rows]`` and ``[rows, cols]`` with
     slices, or the integer arrays of ``np.ix_`` (reflection past the border); it returns a new
-    ``h x w x C`` array in the file's dtype. Reads are thread-safe (tifffile's file lock).
+    ``h x w x C`` array in the file's dtype. Reads are thread-safe.
     """
 
     ndim = 3
@@ -43,6 +44,8 @@ class TiffWindows:
         else:
             self._seg_h, self._seg_w = min(int(page.rowsperstrip), self.shape[0]), self.shape[1]
         self._per_row = math.ceil(self.shape[1] / self._seg_w)
+        self._kept: dict[int, np.ndarray | None] = {}  # decoded segments reused by the next read
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, max_pixels: int | None = None) -> TiffWindows | None:
@@ -96,40 +99,54 @@ class TiffWindows:
         return window
 
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows ``[y0, y1)`` x columns ``[x0, x1)``, decoding only the segments they touch."""
+        """Rows ``[y0, y1)`` x columns ``[x0, x1)``, decoding only the segments they touch.
+
+        The segments of the window's last segment row are kept for the next call: the tiler's
+        windows overlap by the tile overlap, and without them most segments would be decoded twice.
+        """
         out = np.zeros((y1 - y0, x1 - x0, self.shape[2]), dtype=self.dtype)
         if y1 <= y0 or x1 <= x0:
             return out
-        page, fh = self._page, self._tif.filehandle
+        last_row = (y1 - 1) // self._seg_h
         indices = [
             r * self._per_row + c
-            for r in range(y0 // self._seg_h, (y1 - 1) // self._seg_h + 1)
+            for r in range(y0 // self._seg_h, last_row + 1)
             for c in range(x0 // self._seg_w, (x1 - 1) // self._seg_w + 1)
         ]
+        with self._lock:
+            segments = {i: self._kept[i] for i in indices if i in self._kept}
+            segments.update(self._decode([i for i in indices if i not in segments], y0, y1))
+            self._kept = {i: seg for i, seg in segments.items() if i // self._per_row == last_row}
+        for index, segment in segments.items():
+            if segment is None:  # an empty segment: zeros
+                continue
+            sy, sx = index // self._per_row * self._seg_h, index % self._per_row * self._seg_w
+            top, left = max(sy, y0), max(sx, x0)
+            bottom, right = min(sy + segment.shape[0], y1), min(sx + segment.shape[1], x1)
+            out[top - y0 : bottom - y0, left - x0 : right - x0] = segment[
+                top - sy : bottom - sy, left - sx : right - sx
+            ]
+        return out
+
+    def _decode(self, indices: list[int], y0: int, y1: int) -> dict[int, np.ndarray | None]:
+        """Segment index -> its ``rows x cols x samples`` pixels (None: empty segment)."""
+        page, fh = self._page, self._tif.filehandle
+        decoded: dict[int, np.ndarray | None] = {}
         try:
-            segments = fh.read_segments(
+            for data, index in fh.read_segments(
                 [page.dataoffsets[i] for i in indices],
                 [page.databytecounts[i] for i in indices],
                 indices=indices,
                 lock=fh.lock,
-            )
-            for data, index in segments:
-                segment, (_, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
-                if segment is None:  # an empty segment: zeros
-                    continue
-                segment = segment.reshape(segment.shape[-3:])  # (rows, cols, samples)
-                top, left = max(sy, y0), max(sx, x0)
-                bottom = min(sy + segment.shape[0], y1)
-                right = min(sx + segment.shape[1], x1)
-                out[top - y0 : bottom - y0, left - x0 : right - x0] = segment[
-                    top - sy : bottom - sy, left - sx : right - sx
-                ]
+            ):
+                segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+                decoded[index] = None if segment is None else segment.reshape(segment.shape[-3:])
         except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(
                 f"{self.path}: cannot read rows {y0}-{y1} of the TIFF ({reason})"
             ) from None
-        return out
+        return decoded
 
 
 def _span(key: Any, length: int) -> tuple[np.ndarray | None, int, int]:

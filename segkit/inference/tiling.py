@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -263,7 +264,8 @@ def iter_stitched(
 
     ``image`` is ``H x W [x C]`` in any dtype. It is read one row of tiles at a time: the rows are
     cut (reflected past the border), turned by ``prepare`` into ``tile_h x padded_W x C`` pixels
-    (default: float32), copied to ``device`` once and made channels-first there. Tiles are views of
+    (default: float32) in a background thread one row ahead (so decoding a TIFF read by windows
+    runs beside the model), copied to ``device`` once and made channels-first there. Tiles are views of
     that row band, stacked into ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per
     row of tiles and the CPU does no per-tile work; the next row is cut while the device runs the
     current batch. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a tensor on any
@@ -283,32 +285,40 @@ def iter_stitched(
     device = torch.device(device or "cpu")
     stitcher: BlockStitcher | None = None
     row_bands: dict[int, torch.Tensor] = {}  # tile-row start -> its (C, tile_h, W) pixels on device
+    ahead: dict[int, Future[np.ndarray]] = {}  # tile-row start -> its pixels being cut on the host
+    next_row = dict(pairwise(grid.ys))
 
-    def load_rows(chunk: list[tuple[int, int]]) -> None:
+    def cut(y: int) -> np.ndarray:
+        return prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
+
+    def load_rows(chunk: list[tuple[int, int]], pool: ThreadPoolExecutor) -> None:
         for y in sorted({y for y, _ in chunk} - row_bands.keys()):
-            rows = prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
+            rows = (ahead.pop(y, None) or pool.submit(cut, y)).result()
             row_bands[y] = _to_device(rows, device).permute(2, 0, 1)
+            if y in next_row and next_row[y] not in ahead:  # read/decode the next row meanwhile
+                ahead[next_row[y]] = pool.submit(cut, next_row[y])
 
     tiles = list(grid.tiles())
     chunks = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
-    load_rows(chunks[0])
-    for i, chunk in enumerate(chunks):
-        batch = torch.stack([row_bands[y][:, :, x : x + grid.tile_w] for y, x in chunk])
-        probs = torch.as_tensor(run(batch))  # on a GPU this only queues the work
-        if stitcher is None:
-            stitcher = BlockStitcher(
-                grid, num_classes, blend, device=probs.device, block_width=block_width
-            )
-        following = chunks[i + 1] if i + 1 < len(chunks) else None
-        if following:  # cut the next rows now: the block's consumer below waits for the GPU
-            row_bands = {y: band for y, band in row_bands.items() if y >= chunk[-1][0]}
-            load_rows(following)
-        for (y, x), p in zip(chunk, probs, strict=True):
-            block = stitcher.add(y, x, p.float())
-            if block is not None:
-                yield block
-        if on_tiles is not None:
-            on_tiles(len(chunk))
+    with ThreadPoolExecutor(1, thread_name_prefix="segkit-rows") as pool:
+        load_rows(chunks[0], pool)
+        for i, chunk in enumerate(chunks):
+            batch = torch.stack([row_bands[y][:, :, x : x + grid.tile_w] for y, x in chunk])
+            probs = torch.as_tensor(run(batch))  # on a GPU this only queues the work
+            if stitcher is None:
+                stitcher = BlockStitcher(
+                    grid, num_classes, blend, device=probs.device, block_width=block_width
+                )
+            following = chunks[i + 1] if i + 1 < len(chunks) else None
+            if following:  # cut the next rows now: the block's consumer below waits for the GPU
+                row_bands = {y: band for y, band in row_bands.items() if y >= chunk[-1][0]}
+                load_rows(following, pool)
+            for (y, x), p in zip(chunk, probs, strict=True):
+                block = stitcher.add(y, x, p.float())
+                if block is not None:
+                    yield block
+            if on_tiles is not None:
+                on_tiles(len(chunk))
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

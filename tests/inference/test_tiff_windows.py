@@ -65,6 +65,10 @@ def test_only_the_segments_a_window_touches_are_read(tiled_rgb, monkeypatch):
     monkeypatch.setattr(tifffile.FileHandle, "read_segments", counting)
     windows[40:60, 40:60]  # rows in tile row 1 (32-63), columns in tile columns 0 and 1
     assert read == [2]
+    # The tiler's next window overlaps this one: the tiles of its last tile row are reused.
+    rows = windows[50:100, 40:60]  # tile rows 1 (kept) and 2, 3 (read)
+    assert read == [2, 4]
+    np.testing.assert_array_equal(rows, image[50:100, 40:60])
 
 
 def test_layouts_that_are_decoded_whole(tmp_path):

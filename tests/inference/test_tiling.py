@@ -206,3 +206,32 @@ def test_pixels_are_prepared_once_per_row_of_tiles():
     out = stitch(image, grid, 1, prepare=prepare, block_width=64)
     assert shapes == [(grid.tile_h, grid.padded_width, 1)] * len(grid.ys)
     np.testing.assert_allclose(out[0], image[..., 0], atol=1e-5)
+
+
+def test_rows_are_cut_one_row_ahead_in_a_background_thread_and_errors_reach_the_caller():
+    """Reading (a TIFF decoded by windows) runs beside the model; a failure there is the
+    caller's exception, raised when that row is needed."""
+    import threading
+
+    from segkit.errors import DataError
+
+    h, w = 300, 100
+    grid = make_grid(h, w, 64, 0.25, 8)
+    threads = []
+
+    def prepare(rows):
+        threads.append(threading.current_thread().name)
+        if len(threads) == 3:
+            raise DataError("img.tif: cannot read rows 96-160 of the TIFF (damaged)")
+        return rows.astype(np.float32)
+
+    image = np.zeros((h, w, 1), np.float32)
+    stream = iter_stitched(image, grid, lambda x: x, 1, prepare=prepare, batch_size=1)
+    first = next(stream)
+    assert first[0] == 0
+    assert all(name.startswith("segkit-rows") for name in threads)
+    # row 0 is done, row 1 is on the device for the next batch, row 2 was cut ahead (and failed,
+    # which surfaces only when row 2 is needed)
+    assert len(threads) == 3
+    with pytest.raises(DataError, match="cannot read rows 96-160"):
+        list(stream)
