@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "image and the warm-up (the runtime, the model and the image), before the timed runs"
     )
     print(
-        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={next((r['batch_size'] for _, r, _ in rows if 'batch_size' in r), ns.batch_size)}"
+        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={next((r['batch_size'] for _, r, _ in rows if 'batch_size' in r), ns.batch_size) or 'the device default'}"
     )
     print(
         f"{'size':>7} {'tool':>7} {'tiles':>6} {'time s':>9} {'peak RSS GB':>12} {'RSS before':>11} {'GPU peak GB':>12}"
