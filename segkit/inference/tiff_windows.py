@@ -78,7 +78,7 @@ class TiffWindows:
         reader = cls(path, tif)
         h, w, _ = reader.shape
         if max_pixels is not None and h * w > max_pixels:
-            tif.close()
+            reader.close()
             raise DataError(
                 f"{path}: {h}x{w} pixels exceeds the limit of {max_pixels} (data.max_image_pixels)"
             )

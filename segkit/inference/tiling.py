@@ -262,14 +262,14 @@ def iter_stitched(
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Run ``run`` over the tiles of ``image`` and yield finished ``(row, col, (K, h, w))`` blocks.
 
-    ``image`` is ``H x W [x C]`` in any dtype. It is read one row of tiles at a time: the rows are
-    cut (reflected past the border), turned by ``prepare`` into ``tile_h x padded_W x C`` pixels
-    (default: float32) in a background thread one row ahead (so decoding a TIFF read by windows
-    runs beside the model), copied to ``device`` once and made channels-first there. Tiles are views of
-    that row band, stacked into ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per
-    row of tiles and the CPU does no per-tile work; the next row is cut while the device runs the
-    current batch. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a tensor on any
-    device, or numpy).
+    ``image`` is ``H x W [x C]`` in any dtype, or a windowed reader that slices like one. It is read
+    one row of tiles at a time: the rows are cut (reflected past the border) and turned by
+    ``prepare`` into ``tile_h x padded_W x C`` pixels (default: float32) in a background thread,
+    one row ahead, so reading or decoding runs beside the model; then copied to ``device`` once
+    and made channels-first there. Tiles are views of that row band, stacked into
+    ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per row of tiles and the CPU
+    does no per-tile work. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a
+    tensor on any device, or numpy).
 
     Blocks are float32 tensors on ``run``'s device, in row-major order, and cover every pixel of
     the image exactly once; a block spans the rows between two tile rows and, except the last of
