@@ -230,8 +230,8 @@ def test_rows_are_cut_one_row_ahead_in_a_background_thread_and_errors_reach_the_
     first = next(stream)
     assert first[0] == 0
     assert all(name.startswith("segkit-rows") for name in threads)
-    # row 0 is done, row 1 is on the device for the next batch, row 2 was cut ahead (and failed,
-    # which surfaces only when row 2 is needed)
-    assert len(threads) == 3
+    # row 0 is done and row 1 was cut for the next batch; row 2 is being cut ahead (and will fail,
+    # which surfaces only when row 2 is needed), so it may or may not have started yet
+    assert 2 <= len(threads) <= 3
     with pytest.raises(DataError, match="cannot read rows 96-160"):
         list(stream)
