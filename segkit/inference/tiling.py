@@ -184,7 +184,7 @@ class BlockStitcher:
         device = torch.device(device or "cpu")
         opts = {"dtype": torch.float32, "device": device}
         win_y, win_x = _window_1d(grid.tile_h, blend), _window_1d(grid.tile_w, blend)
-        self.window = torch.from_numpy(np.outer(win_y, win_x)).to(**opts)
+        self.window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend)).to(**opts)
         self._sum_y = torch.from_numpy(_coverage(grid.ys, grid.padded_height, win_y)).to(**opts)
         self._sum_x = torch.from_numpy(_coverage(grid.xs, grid.padded_width, win_x)).to(**opts)
         self.block_width = block_width or grid.padded_width

@@ -8,7 +8,13 @@ import torch
 
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference import backend
-from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
+from segkit.inference.backend import (
+    CPU_BATCH_SIZE,
+    CPU_BLOCK_WIDTH,
+    GPU_BATCH_SIZE,
+    block_width,
+    default_batch_size,
+)
 from segkit.inference.predictor import Predictor
 from segkit.inference.tiling import blend_window, make_grid
 
@@ -45,6 +51,11 @@ def test_batch_size_comes_from_the_call_then_the_model_then_the_device(predictor
     assert unset.info.batch_size is None
     assert unset.settings().batch_size == CPU_BATCH_SIZE
     assert default_batch_size(torch.device("cuda")) == GPU_BATCH_SIZE > CPU_BATCH_SIZE
+
+
+def test_blocks_are_narrow_on_a_cpu_and_whole_rows_on_a_gpu():
+    assert block_width(torch.device("cpu")) == CPU_BLOCK_WIDTH
+    assert block_width(torch.device("cuda")) is None  # one block, one wait for the GPU, per row
 
 
 def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
