@@ -51,8 +51,10 @@ def info_from_bundle(bundle: Bundle) -> ModelInfo:
 class TorchBackend:
     """Runs a torch model on normalised tiles and returns float32 softmax probabilities.
 
-    On CUDA the model runs channels_last under autocast (bf16 where supported, else fp16); softmax is
-    always taken in float32. On CPU everything is fp32 (bf16 autocast is far slower there).
+    The model runs channels_last on every device: oneDNN's NHWC convolutions are about a fifth
+    faster on a CPU too (0.52 vs 0.66 s per 512² tile for Unet-resnet34 on 2 cores). On CUDA it
+    also runs under autocast (bf16 where supported, else fp16); on CPU it stays fp32 (bf16 autocast
+    is far slower there). Softmax is always taken in float32.
     """
 
     def __init__(
@@ -68,9 +70,8 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.info = info or info_from_bundle(bundle)  # type: ignore[arg-type]
         model = model if model is not None else bundle.build_model()  # type: ignore[union-attr]
-        model = model.eval().to(self.device)
+        model = model.eval().to(self.device, memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
             self._amp_dtype: torch.dtype | None = (
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             )
@@ -91,14 +92,14 @@ class TorchBackend:
             raise ModelError(
                 f"the model takes {self.info.in_channels} channels, got tiles with {tiles.shape[1]}"
             )
-        x = tiles.to(self.device, non_blocking=True)
+        x = tiles.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         amp = contextlib.nullcontext()
         if self._amp_dtype is not None:
-            x = x.contiguous(memory_format=torch.channels_last)
             amp = torch.autocast("cuda", dtype=self._amp_dtype)
         with torch.inference_mode(), amp:
             logits = self.model(x)
-        return logits_to_probs(logits.float(), self.info.num_classes)
+        # Back to NCHW: the stitcher adds class planes, which must be contiguous to be fast.
+        return logits_to_probs(logits.float(), self.info.num_classes).contiguous()
 
 
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:

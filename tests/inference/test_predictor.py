@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -56,6 +57,21 @@ def test_batch_size_comes_from_the_call_then_the_model_then_the_device(predictor
 def test_blocks_are_narrow_on_a_cpu_and_whole_rows_on_a_gpu():
     assert block_width(torch.device("cpu")) == CPU_BLOCK_WIDTH
     assert block_width(torch.device("cuda")) is None  # one block, one wait for the GPU, per row
+
+
+def test_torch_backend_runs_channels_last_and_returns_plain_nchw(predictor):
+    """channels_last is a speed choice (oneDNN's NHWC kernels): same probabilities as the model
+    run in the default layout, handed back contiguous for the stitcher."""
+    backend = predictor.backend
+    conv = next(m for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    tiles = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    probs = backend(tiles)
+    assert probs.is_contiguous() and probs.shape == (2, len(CLASSES), 64, 64)
+    plain = copy.deepcopy(backend.model).to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        reference = torch.softmax(plain(tiles.contiguous()), dim=1)
+    torch.testing.assert_close(probs, reference, atol=1e-5, rtol=0)
 
 
 def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
