@@ -17,7 +17,7 @@ from segkit.inference.backend import (
     block_width,
     default_batch_size,
 )
-from segkit.inference.predictor import Predictor
+from segkit.inference.predictor import Predictor, argmax_labels
 from segkit.inference.tiling import blend_window, make_grid
 
 from .conftest import CLASSES, colour_scene, shapes_image
@@ -279,3 +279,16 @@ def test_same_tile_positions_as_monai_give_the_same_probabilities(predictor, ble
             roi_weight_map=torch.from_numpy(blend_window(64, 64, blend)),
         )
     np.testing.assert_allclose(ours, theirs[0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [3, 300])
+def test_argmax_labels_takes_the_first_maximum_in_the_narrow_dtype(classes):
+    probs = torch.rand(classes, 9, 11, generator=torch.Generator().manual_seed(0))
+    probs[:, 0, 0] = 0.5  # an all-way tie: class 0, like argmax
+    probs[1, 1, 1] = probs[2, 1, 1] = 2.0  # a two-way tie: the lower class
+    expected = probs.numpy().argmax(0)
+    for given in (probs, probs.numpy()):
+        labels = argmax_labels(given)
+        assert labels.dtype == (np.uint8 if classes <= 256 else np.int32)
+        np.testing.assert_array_equal(labels, expected)
+    assert expected[0, 0] == 0 and expected[1, 1] == 1
