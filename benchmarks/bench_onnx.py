@@ -1,9 +1,10 @@
 """CPU inference benchmark: onnxruntime (segkit's verified export) vs torch eager, same model.
 
 The model is built and exported through segkit itself (``build_model`` -> ``save_bundle`` ->
-``export_onnx``, which verifies the graph against torch), then both runtimes run the same
+``export_onnx``, which verifies the graph against torch), then the runtimes run the same
 network on the same 512x512 tiles at batch 1 and 4, with the same thread count (torch
-``set_num_threads`` = onnxruntime ``intra_op_num_threads``, one inter-op thread each). Each
+``set_num_threads`` = onnxruntime ``intra_op_num_threads``, one inter-op thread each). torch runs
+twice: in the default NCHW layout and channels_last (what segkit's torch backend runs). Each
 configuration is warmed up, then timed over ``--repeats`` alternating runs; medians are reported.
 
     python benchmarks/bench_onnx.py --repeats 5
@@ -13,6 +14,7 @@ configuration is warmed up, then timed over ``--repeats`` alternating runs; medi
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -57,20 +59,18 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _time_pair(
-    first: Callable[[], object], second: Callable[[], object], warmup: int, repeats: int
-) -> tuple[float, float]:
-    """Median seconds of each; runs alternate, so a load change on the machine hits both alike."""
+def _time_alternating(runs: list[Callable[[], object]], warmup: int, repeats: int) -> list[float]:
+    """Median seconds of each; runs alternate, so a load change on the machine hits all alike."""
     for _ in range(warmup):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
+        for run in runs:
+            run()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        for run, out in ((first, times[0]), (second, times[1])):
+        for run, out in zip(runs, times, strict=True):
             start = time.perf_counter()
             run()
             out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -93,6 +93,7 @@ def main() -> None:
         }
     )
     model = build_model(config.model, len(classes), 3).eval()
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = save_bundle(Path(tmp) / "model.ckpt", config, model)
@@ -118,7 +119,8 @@ def main() -> None:
     )
     print(f"export + verification: {export_s:.1f} s, max abs difference {diff:.2e}\n")
     header = (
-        f"{'batch':>5}  {'torch img/s':>11}  {'onnxruntime img/s':>17}  {'ratio ort/torch':>15}"
+        f"{'batch':>5}  {'torch img/s':>11}  {'torch NHWC img/s':>16}  {'onnxruntime img/s':>17}"
+        f"  {'ort/torch':>9}  {'ort/torch NHWC':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -131,12 +133,19 @@ def main() -> None:
             with torch.inference_mode():
                 return model(x)
 
+        def run_torch_cl(x: torch.Tensor = x) -> object:
+            with torch.inference_mode():
+                return model_cl(x.contiguous(memory_format=torch.channels_last))
+
         def run_ort(feed: dict[str, np.ndarray] = feed) -> object:
             return session.run(None, feed)
 
-        t_torch, t_ort = _time_pair(run_torch, run_ort, args.warmup, args.repeats)
+        t_torch, t_cl, t_ort = _time_alternating(
+            [run_torch, run_torch_cl, run_ort], args.warmup, args.repeats
+        )
         print(
-            f"{batch:>5}  {batch / t_torch:>11.2f}  {batch / t_ort:>17.2f}  {t_torch / t_ort:>14.2f}x"
+            f"{batch:>5}  {batch / t_torch:>11.2f}  {batch / t_cl:>16.2f}  {batch / t_ort:>17.2f}"
+            f"  {t_torch / t_ort:>8.2f}x  {t_cl / t_ort:>13.2f}x"
         )
 
 
