@@ -270,6 +270,20 @@ def run_child(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(results: list[dict]) -> dict:
+    """One row from several rounds of one tool: median time over every timed run, worst memory."""
+    if len(results) == 1 or any("seconds" not in r for r in results):
+        return next((r for r in results if "seconds" not in r), results[0])
+    merged = dict(results[0])
+    merged["all_seconds"] = [t for r in results for t in r["all_seconds"]]
+    merged["seconds"] = float(np.median(merged["all_seconds"]))
+    merged["round_seconds"] = [r["seconds"] for r in results]
+    for key in ("peak_rss_gb", "rss_before_gb", "gpu_peak_gb"):
+        if merged.get(key) is not None:
+            merged[key] = max(r[key] for r in results)
+    return merged
+
+
 def monai_estimate_gb(size: int, device: str | None) -> float:
     """Host memory MONAI needs: uint8 image + float input + K-channel output + count map + labels
     (+ the runtime). Measured at 16384² on a CPU: more than 20.7 GB before it was stopped."""
@@ -301,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--repeats", type=int, default=1, help="timed runs per tool and size (median time reported)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate fresh segkit and MONAI processes this many times (a load change on a "
+        "shared machine then hits both alike); the ratio is the median of the paired rounds",
     )
     p.add_argument(
         "--tools",
@@ -353,24 +374,26 @@ def main(argv: list[str] | None = None) -> int:
     rows, notes, cli_rows = [], [], []
     for size in ns.sizes:
         image = make_image(workdir / f"image_{size}.npy", size)
-        seg = (
-            run_child("segkit", model, image, ns)
-            if "segkit" in ns.tools
-            else {"tool": "segkit", "skipped": "not asked for (--tools)"}
-        )
         est = monai_estimate_gb(size, ns.device)
-        if "monai" not in ns.tools:
-            mon = {"tool": "monai", "skipped": "not asked for (--tools)"}
-        elif est > budget:
-            mon = {
+        skipped = {
+            tool: {"tool": tool, "skipped": "not asked for (--tools)"}
+            for tool in ("segkit", "monai")
+            if tool not in ns.tools
+        }
+        if "monai" in ns.tools and est > budget:
+            skipped["monai"] = {
                 "tool": "monai",
                 "skipped": f"needs ~{est:.1f} GB host memory > budget {budget:.1f} GB",
             }
             notes.append(
-                f"MONAI skipped at {size}: {mon['skipped']} (full-size float input + {K}-class accumulators)"
+                f"MONAI skipped at {size}: {skipped['monai']['skipped']} (full-size float input + {K}-class accumulators)"
             )
-        else:
-            mon = run_child("monai", model, image, ns)
+        runs: dict[str, list[dict]] = {tool: [] for tool in ("segkit", "monai")}
+        for _ in range(ns.rounds):
+            for tool in ("segkit", "monai"):
+                if tool not in skipped:
+                    runs[tool].append(run_child(tool, model, image, ns))
+        seg, mon = (skipped.get(tool) or merge_rounds(runs[tool]) for tool in ("segkit", "monai"))
         rows.append((size, seg, mon))
         if "cli" in ns.tools:
             tiff = make_tiled_tiff(image)
@@ -394,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         image.unlink()
 
     print(
-        "\ntime: median of --repeats runs after a warm-up; RSS before: peak RSS after loading the "
+        "\ntime: median of --repeats runs after a warm-up (of every run over --rounds); RSS before: peak RSS after loading the "
         "image and the warm-up (the runtime, the model and the image), before the timed runs"
     )
     print(
@@ -413,8 +436,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{size:>7} {r['tool']:>7}  {r.get('skipped') or r.get('error')}")
         if "seconds" in seg and "seconds" in mon:
+            ratio = seg["seconds"] / mon["seconds"]
+            paired = ""
+            if "round_seconds" in seg and "round_seconds" in mon:
+                ratios = [
+                    a / b for a, b in zip(seg["round_seconds"], mon["round_seconds"], strict=True)
+                ]
+                ratio = float(np.median(ratios))
+                paired = f"; median of {len(ratios)} rounds, each {', '.join(f'{r:.2f}' for r in ratios)}"
             print(
-                f"{'':>7} {'ratio':>7} {'':>6} {seg['seconds'] / mon['seconds']:>8.2f}x {seg['peak_rss_gb'] / mon['peak_rss_gb']:>11.2f}x   (segkit / MONAI; time target <= 0.9)"
+                f"{'':>7} {'ratio':>7} {'':>6} {ratio:>8.2f}x {seg['peak_rss_gb'] / mon['peak_rss_gb']:>11.2f}x   (segkit / MONAI; time target <= 0.9{paired})"
             )
     for size, r in cli_rows:
         if "seconds" in r:
