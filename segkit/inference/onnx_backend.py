@@ -160,7 +160,7 @@ class OnnxBackend:
                     [chunk, chunk[-1:].expand(step - chunk.shape[0], *chunk.shape[1:])]
                 )
             parts.append(self._run(chunk)[: min(step, n - start)])
-        probs = torch.cat(parts)
+        probs = parts[0] if len(parts) == 1 else torch.cat(parts)  # no copy for one chunk
         return probs[:, :, :h, :w].contiguous()
 
     def _pad_to_static(self, x: torch.Tensor) -> torch.Tensor:

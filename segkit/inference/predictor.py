@@ -251,7 +251,8 @@ class Predictor:
             for fwd, inv in transforms:
                 p = inv(self.backend(fwd(x).contiguous())).float()
                 acc = p if acc is None else acc.add_(p)
-            return acc / len(transforms)  # type: ignore[operator]
+            # acc is a fresh tensor: divide in place, and not at all for one pass
+            return acc if len(transforms) == 1 else acc.div_(len(transforms))  # type: ignore[union-attr]
 
         return run
 
