@@ -322,8 +322,13 @@ def iter_stitched(
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Host array -> tensor on ``device``; through pinned memory to a GPU, so the copy is async."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    """Host array -> tensor on ``device``; through pinned memory to a GPU, so the copy is async.
+
+    A read-only band (a view of a memory-mapped image) is copied first: torch has no read-only
+    tensors and would warn on every run.
+    """
+    array = np.ascontiguousarray(array) if array.flags.writeable else array.copy()
+    tensor = torch.from_numpy(array)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)

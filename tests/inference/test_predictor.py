@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -292,3 +293,13 @@ def test_argmax_labels_takes_the_first_maximum_in_the_narrow_dtype(classes):
         assert labels.dtype == (np.uint8 if classes <= 256 else np.int32)
         np.testing.assert_array_equal(labels, expected)
     assert expected[0, 0] == 0 and expected[1, 1] == 1
+
+
+def test_a_read_only_image_predicts_without_a_torch_warning(predictor):
+    """Memory-mapped images are read-only; torch warns on such arrays unless the band is copied."""
+    image = shapes_image(128, 96, seed=3)
+    expected = predictor.predict(image, tile=64)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(predictor.predict(image, tile=64), expected)
