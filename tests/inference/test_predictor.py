@@ -295,11 +295,19 @@ def test_argmax_labels_takes_the_first_maximum_in_the_narrow_dtype(classes):
     assert expected[0, 0] == 0 and expected[1, 1] == 1
 
 
-def test_a_read_only_image_predicts_without_a_torch_warning(predictor):
-    """Memory-mapped images are read-only; torch warns on such arrays unless the band is copied."""
+def test_a_read_only_image_predicts_without_a_torch_warning(predictor, monkeypatch):
+    """Memory-mapped images are read-only; torch warns on such arrays unless the band is copied.
+    (torch warns once per process, so the test also checks every array it is handed.)"""
     image = shapes_image(128, 96, seed=3)
     expected = predictor.predict(image, tile=64)
     image.flags.writeable = False
+    from_numpy = torch.from_numpy
+
+    def writable_only(array: np.ndarray) -> torch.Tensor:
+        assert array.flags.writeable
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", writable_only)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(predictor.predict(image, tile=64), expected)
