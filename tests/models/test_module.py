@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import numpy as np
 import pytest
@@ -82,6 +84,20 @@ def test_every_parameter_gets_a_gradient():
     # start with an exactly-zero gradient; the decoder and head must not
     zero = [n for n, p in module.named_parameters() if p.grad.abs().sum() == 0]
     assert not [n for n in zero if not n.startswith("model.encoder.")]
+
+
+def test_the_network_trains_channels_last_and_hands_back_nchw_logits():
+    """channels_last is a speed choice (NHWC convolutions); losses and metrics see plain NCHW
+    logits, equal to the same weights run in the default layout."""
+    module = SegmentationModule(_config()).eval()
+    conv = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = module(images)
+        plain = copy.deepcopy(module.model).to(memory_format=torch.contiguous_format)(images)
+    assert logits.is_contiguous() and logits.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=1e-5)
 
 
 def test_weights_change_after_training_steps(tmp_path):
