@@ -261,6 +261,14 @@ def build_trainer(
     return trainer, checkpoint
 
 
+def _close_process_group() -> None:
+    """Destroy the process group Lightning's DDP opened. Left to interpreter exit, gloo's worker
+    threads can abort a finished run with SIGABRT ("terminate called without an active
+    exception"; pytorch/pytorch#179291), which failed the 2-process CPU test once."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def train(
     config: SegkitConfig,
     config_path: Path | None = None,
@@ -278,6 +286,7 @@ def train(
     from segkit.models.module import SegmentationModule
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
+    opened_by_caller = torch.distributed.is_available() and torch.distributed.is_initialized()
     if torch.cuda.is_available():  # TF32 matmuls for fp32 work on tensor-core GPUs
         torch.set_float32_matmul_precision("high")
     run_dir = resolve_run_dir(config, config_path)
@@ -318,6 +327,8 @@ def train(
         )
         payload = metrics.to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)
+    if not opened_by_caller:
+        _close_process_group()
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best,
