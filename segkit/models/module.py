@@ -102,8 +102,9 @@ class SegmentationModule(L.LightningModule):
 
     # -- steps --------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` normalised images -> ``(N, K, H, W)`` logits (plain NCHW, for losses
-        and metrics that ``view`` them)."""
+        """``(N, C, H, W)`` normalised images -> ``(N, K, H, W)`` logits, plain NCHW whatever the
+        network's layout: your own losses and callbacks may ``view`` them (smp's losses
+        ``reshape``, which would make the same copy)."""
         return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
