@@ -7,6 +7,10 @@ gaussian blending (sigma 0.125 of the tile; both use segkit's window, passed to 
 Only the tiler differs: segkit reads tiles from the uint8 image and releases finished bands;
 MONAI needs the image as one float tensor and keeps full-size K-channel accumulators.
 
+``--backend none`` replaces the network by a fixed probability tile (the softmax of seeded random
+logits, copied for every tile as a network's fresh output would be): what is left is what the
+tilers themselves cost, without the network's run-to-run noise.
+
 Every measurement runs in a fresh subprocess (peak RSS = the process's ``VmHWM``; on CUDA also
 ``torch.cuda.max_memory_allocated``). The model is Unet-resnet34, random init (seed 0), 12 classes.
 
@@ -102,6 +106,21 @@ def _load_once(path: Path) -> np.ndarray:
         out = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
         f.readinto(memoryview(out).cast("B"))
     return out
+
+
+class FixedProbs:
+    """A stand-in network for ``--backend none``: every tile gets a copy of one fixed
+    ``(K, TILE, TILE)`` probability map, on the device the real backend would use."""
+
+    def __init__(self, backend) -> None:
+        import torch
+
+        self.info, self.device = backend.info, backend.device
+        logits = torch.randn(1, K, TILE, TILE, generator=torch.Generator().manual_seed(0))
+        self.probs = torch.softmax(logits, 1).to(self.device)
+
+    def __call__(self, tiles):
+        return self.probs.expand(tiles.shape[0], -1, -1, -1).clone()
 
 
 def _segkit(
@@ -205,6 +224,14 @@ def child(args: argparse.Namespace) -> dict:
         blend="gaussian",
         batch_size=args.batch_size,
     )
+    if args.backend == "none":
+        predictor = Predictor(
+            FixedProbs(predictor.backend),
+            tile=TILE,
+            overlap=OVERLAP,
+            blend="gaussian",
+            batch_size=args.batch_size,
+        )
     device = torch.device(getattr(predictor.backend, "device", "cpu"))
     image = _load_once(args.image)  # both tools start from the decoded uint8 image in memory
     h, w = image.shape[:2]
@@ -258,6 +285,8 @@ def run_child(
         *(["--batch-size", str(ns.batch_size)] if ns.batch_size else []),
         "--repeats",
         str(1 if save_probs else ns.repeats),
+        "--backend",
+        ns.backend,
     ]
     if ns.device:
         cmd += ["--device", ns.device]
@@ -302,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--backend",
-        choices=["torch", "onnx"],
+        choices=["torch", "onnx", "none"],
         default="torch",
-        help="network runtime used by both tools",
+        help="network runtime used by both tools (none: a fixed probability tile, the tilers alone)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument(
@@ -371,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     compare = (
         ns.compare_size if ns.compare_size in ns.sizes else (smallest if smallest <= 4096 else None)
     )
+    if ns.backend == "none":  # no network: nothing to compare, and the CLI would run the model
+        compare = None
+        if "cli" in ns.tools:
+            p.error("--tools cli runs the real model: use --backend torch or onnx")
     rows, notes, cli_rows = [], [], []
     for size in ns.sizes:
         image = make_image(workdir / f"image_{size}.npy", size)
