@@ -263,10 +263,10 @@ def iter_stitched(
     """Run ``run`` over the tiles of ``image`` and yield finished ``(row, col, (K, h, w))`` blocks.
 
     ``image`` is ``H x W [x C]`` in any dtype, or a windowed reader that slices like one. It is read
-    one row of tiles at a time: the rows are cut (reflected past the border) and turned by
-    ``prepare`` into ``tile_h x padded_W x C`` pixels (default: float32) in a background thread,
-    one row ahead, so reading or decoding runs beside the model; then copied to ``device`` once
-    and made channels-first there. Tiles are views of that row band, stacked into
+    one row of tiles at a time: the rows are cut (reflected past the border), turned by
+    ``prepare`` into ``tile_h x padded_W x C`` pixels (default: float32) and copied to ``device``
+    once (channels-first there) in a background thread, one row ahead, so reading, decoding and
+    the copy into pinned memory run beside the model. Tiles are views of that row band, stacked into
     ``(N, C, h, w)`` batches on the device, so a GPU gets one copy per row of tiles and the CPU
     does no per-tile work. ``run`` maps a batch to ``(N, K, h, w)`` float32 probabilities (a
     tensor on any device, or numpy).
@@ -285,16 +285,16 @@ def iter_stitched(
     device = torch.device(device or "cpu")
     stitcher: BlockStitcher | None = None
     row_bands: dict[int, torch.Tensor] = {}  # tile-row start -> its (C, tile_h, W) pixels on device
-    ahead: dict[int, Future[np.ndarray]] = {}  # tile-row start -> its pixels being cut on the host
+    ahead: dict[int, Future[torch.Tensor]] = {}  # tile-row start -> its pixels being cut and copied
     next_row = dict(pairwise(grid.ys))
 
-    def cut(y: int) -> np.ndarray:
-        return prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
+    def cut(y: int) -> torch.Tensor:
+        rows = prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
+        return _to_device(rows, device).permute(2, 0, 1)
 
     def load_rows(chunk: list[tuple[int, int]], pool: ThreadPoolExecutor) -> None:
         for y in sorted({y for y, _ in chunk} - row_bands.keys()):
-            rows = (ahead.pop(y, None) or pool.submit(cut, y)).result()
-            row_bands[y] = _to_device(rows, device).permute(2, 0, 1)
+            row_bands[y] = (ahead.pop(y, None) or pool.submit(cut, y)).result()
             if y in next_row and next_row[y] not in ahead:  # read/decode the next row meanwhile
                 ahead[next_row[y]] = pool.submit(cut, next_row[y])
 

@@ -18,7 +18,7 @@ import torch
 
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
-from segkit.inference.predictor import argmax_labels, label_dtype, to_unit_float
+from segkit.inference.predictor import HostLabels, label_dtype, to_unit_float
 from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")
@@ -130,6 +130,7 @@ class OutputWriter:
             kind: output_path(base, kind, info.num_classes, height, width) for kind in self.save
         }
         self.labels = np.zeros((height, width), dtype=label_dtype(info.num_classes))
+        self._label_copies = HostLabels(self.labels)  # arg-max per block, lagged on a GPU
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
         self._probs: np.ndarray | None = None
@@ -160,16 +161,18 @@ class OutputWriter:
     def abort(self) -> None:
         """Remove every temporary file; nothing of this image is left behind."""
         self._probs = None
+        self._label_copies.discard()
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
     def add_block(self, row: int, col: int, probs: np.ndarray | torch.Tensor) -> None:
-        """Take the ``(K, h, w)`` probabilities of the block at ``(row, col)``: labels now,
-        probs to disk. ``probs`` may be a torch tensor on any device: the arg-max then runs there."""
-        rows = slice(row, row + probs.shape[1])
-        cols = slice(col, col + probs.shape[2])
-        self.labels[rows, cols] = argmax_labels(probs)
+        """Take the ``(K, h, w)`` probabilities of the block at ``(row, col)``: labels (on a GPU
+        a few blocks later, see :class:`HostLabels`; :meth:`commit` waits for them), probs to
+        disk. ``probs`` may be a torch tensor on any device: the arg-max then runs there."""
+        self._label_copies.add(row, col, probs)
         if self._probs is not None:
+            rows = slice(row, row + probs.shape[1])
+            cols = slice(col, col + probs.shape[2])
             if isinstance(probs, torch.Tensor):
                 probs = probs.cpu().numpy()
             values = np.rint(probs * 255) if self.probs_dtype == "uint8" else probs
@@ -181,6 +184,7 @@ class OutputWriter:
     def commit(self, image: np.ndarray | None = None) -> dict[str, Path]:
         """Write index/color/overlay and move every file into place. ``image`` is needed for overlay."""
         colors = np.asarray(self.info.colors, dtype=np.uint8)
+        self._label_copies.flush()
         try:
             if self._probs is not None:
                 self._current = self.paths["probs"]

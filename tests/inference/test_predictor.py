@@ -18,7 +18,7 @@ from segkit.inference.backend import (
     block_width,
     default_batch_size,
 )
-from segkit.inference.predictor import Predictor, argmax_labels
+from segkit.inference.predictor import HostLabels, Predictor, argmax_labels
 from segkit.inference.tiling import blend_window, make_grid
 
 from .conftest import CLASSES, colour_scene, shapes_image
@@ -293,6 +293,49 @@ def test_argmax_labels_takes_the_first_maximum_in_the_narrow_dtype(classes):
         assert labels.dtype == (np.uint8 if classes <= 256 else np.int32)
         np.testing.assert_array_equal(labels, expected)
     assert expected[0, 0] == 0 and expected[1, 1] == 1
+
+
+def _host_labels_case(device: str) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """Four 3-class blocks of one 2 x 2 block layout, and their expected arg-max labels."""
+    g = torch.Generator().manual_seed(1)
+    blocks = [torch.rand(3, 4, 5, generator=g) for _ in range(4)]
+    return [b.to(device) for b in blocks], [b.numpy().argmax(0) for b in blocks]
+
+
+def _write_through(labels: HostLabels, blocks: list[torch.Tensor], buffer: torch.Tensor) -> None:
+    """Add the blocks as the stitcher hands them out: each a view of one buffer, overwritten next."""
+    for i, block in enumerate(blocks):
+        buffer.copy_(block)
+        labels.add(4 * (i // 2), 5 * (i % 2), buffer)
+
+
+def test_host_labels_on_a_cpu_writes_each_block_at_once():
+    blocks, expected = _host_labels_case("cpu")
+    out = np.full((8, 10), 99, dtype=np.uint8)
+    labels = HostLabels(out)
+    labels.add(0, 0, blocks[0])
+    np.testing.assert_array_equal(out[:4, :5], expected[0])
+    assert (out[:4, 5:] == 99).all() and (out[4:] == 99).all()
+    labels.add(4, 5, blocks[3].numpy())  # numpy probabilities too
+    np.testing.assert_array_equal(out[4:, 5:], expected[3])
+    _write_through(HostLabels(out), blocks, torch.empty_like(blocks[0]))  # no flush needed
+    np.testing.assert_array_equal(out, np.block([expected[:2], expected[2:]]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_labels_on_cuda_writes_blocks_later_and_as_they_were():
+    """Labels reach ``out`` ``lag`` blocks late, and equal the block when it was added even though
+    the block (a view of the stitching buffer) was overwritten since."""
+    blocks, expected = _host_labels_case("cuda")
+    out = np.full((8, 10), 99, dtype=np.uint8)
+    labels = HostLabels(out, lag=2)
+    _write_through(labels, blocks, torch.empty_like(blocks[0]))
+    np.testing.assert_array_equal(out[:4, :5], expected[0])
+    np.testing.assert_array_equal(out[:4, 5:], expected[1])
+    assert (out[4:] == 99).all()  # the last two are still on their way
+    labels.flush()
+    np.testing.assert_array_equal(out, np.block([expected[:2], expected[2:]]))
 
 
 def test_a_read_only_image_predicts_without_a_torch_warning(predictor, monkeypatch):
