@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from segkit.config import TTA_MODES
+from segkit.data.io import image_to_float
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.tiff_windows import TiffWindows
@@ -80,21 +81,6 @@ def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     raise DataError(
         f"the image has {c} channels but the model takes {in_channels}; convert it first"
     )
-
-
-def to_unit_float(image: np.ndarray) -> np.ndarray:
-    """Scale to float32 [0, 1] by dtype (uint8 /255, uint16 /65535; float kept as is)."""
-    try:
-        from segkit.data.io import image_to_float
-    except ImportError:  # the data package is optional for array inputs
-        image_to_float = None
-    if image_to_float is not None:
-        return image_to_float(image)
-    if image.dtype == np.bool_:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    return image.astype(np.float32, copy=False)
 
 
 def _check_image(image: Any) -> Image:
@@ -234,7 +220,7 @@ class Predictor:
         copy to a GPU), anything else becomes float32 in [0, 1]. Channels-first happens on the device."""
         x = adapt_channels(pixels, self.info.in_channels)
         if x.dtype != np.uint8:
-            x = to_unit_float(x).astype(np.float32, copy=False)
+            x = image_to_float(x)
         return x
 
     def _runner(self, tta: str) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:

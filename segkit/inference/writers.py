@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from segkit.data.io import image_to_float
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
-from segkit.inference.predictor import HostLabels, label_dtype, to_unit_float
+from segkit.inference.predictor import HostLabels, label_dtype
 from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")
@@ -93,7 +94,7 @@ def remove_stale_temporaries(
 
 def display_rgb(image: np.ndarray) -> np.ndarray:
     """``H x W x 3`` uint8 view of any image for overlays: gray repeated, alpha/extra bands dropped."""
-    x = to_unit_float(image[..., None] if image.ndim == 2 else image)
+    x = image_to_float(image[..., None] if image.ndim == 2 else image)
     x = np.repeat(x[..., :1], 3, axis=2) if x.shape[2] < 3 else x[..., :3]
     return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
 
