@@ -10,10 +10,23 @@ import torch
 
 from segkit.bundle import save_bundle
 from segkit.config import load_config
+from segkit.data.palette import default_colors
+from segkit.inference.backend import ModelInfo
 from segkit.models.build import build_model
 from tests.conftest import TINY_MODEL
 
 CLASSES = ["background", "red", "green", "blue"]
+
+
+def model_info(classes: int, in_channels: int = 3) -> ModelInfo:
+    """Facts of a model with ``classes`` classes named c0, c1, ..., identity-like normalisation."""
+    return ModelInfo(
+        classes=[f"c{i}" for i in range(classes)],
+        colors=default_colors(classes),
+        in_channels=in_channels,
+        mean=[0.5] * in_channels,
+        std=[0.25] * in_channels,
+    )
 
 
 def make_bundle(

@@ -10,7 +10,6 @@ from PIL import Image
 
 from segkit.data.palette import default_colors
 from segkit.errors import DataError
-from segkit.inference.backend import ModelInfo
 from segkit.inference.writers import (
     PNG_MAX_SIDE,
     OutputWriter,
@@ -20,15 +19,7 @@ from segkit.inference.writers import (
     write_manifest,
 )
 
-
-def info(k: int) -> ModelInfo:
-    return ModelInfo(
-        classes=[f"c{i}" for i in range(k)],
-        colors=default_colors(k),
-        in_channels=3,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-    )
+from .conftest import model_info
 
 
 def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -48,7 +39,7 @@ def write_all(
 ):
     probs = random_probs(k, h, w)
     image = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    with OutputWriter(tmp_path / "sub" / "img", save, info(k), h, w, probs_dtype) as writer:
+    with OutputWriter(tmp_path / "sub" / "img", save, model_info(k), h, w, probs_dtype) as writer:
         for top, bottom in zip((0, *bands), bands, strict=False):
             for left, right in zip((0, *cols), cols, strict=False):  # blocks, row-major
                 writer.add_block(top, left, probs[:, top:bottom, left:right])
@@ -118,7 +109,7 @@ def test_output_names_and_existence(tmp_path):
 def test_error_mid_image_leaves_nothing(tmp_path):
     with (
         pytest.raises(RuntimeError),
-        OutputWriter(tmp_path / "img", ["index", "probs"], info(3), 20, 20) as writer,
+        OutputWriter(tmp_path / "img", ["index", "probs"], model_info(3), 20, 20) as writer,
     ):
         writer.add_block(0, 0, random_probs(3, 10, 20))
         raise RuntimeError("model crashed")
@@ -139,7 +130,7 @@ def test_unwritable_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match=r"cannot write .*file/x\.png: "):
-        OutputWriter(blocker / "x", ["index"], info(2), 4, 4).__enter__()
+        OutputWriter(blocker / "x", ["index"], model_info(2), 4, 4).__enter__()
 
 
 def test_manifest_round_trip(tmp_path):
