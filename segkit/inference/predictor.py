@@ -135,6 +135,11 @@ class Predictor:
             "batch_size": batch_size,
         }
         self.settings()  # validate early
+        # Made once: creating them per image would wait for the GPU to finish the previous one.
+        self._mean, self._std = (
+            torch.tensor(v, dtype=torch.float32, device=self._device()).view(1, -1, 1, 1)
+            for v in (self.info.mean, self.info.std)
+        )
 
     @classmethod
     def from_path(
@@ -226,9 +231,7 @@ class Predictor:
     def _runner(self, tta: str) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
         """Batch of prepared tiles -> mean over TTA passes of the probabilities, on the device."""
         transforms = _tta_transforms(tta)
-        device = self._device()
-        mean = torch.tensor(self.info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        device, mean, std = self._device(), self._mean, self._std
 
         def run(batch: torch.Tensor | np.ndarray) -> torch.Tensor:
             x = torch.as_tensor(batch).to(device, non_blocking=True)

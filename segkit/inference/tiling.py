@@ -148,7 +148,7 @@ def _coverage(starts: tuple[int, ...], length: int, window: np.ndarray) -> np.nd
     total = np.zeros(length)
     for s in starts:
         total[s : s + len(window)] += window
-    return total
+    return total.astype(np.float32)
 
 
 class BlockStitcher:
@@ -184,9 +184,10 @@ class BlockStitcher:
         device = torch.device(device or "cpu")
         opts = {"dtype": torch.float32, "device": device}
         win_y, win_x = _window_1d(grid.tile_h, blend), _window_1d(grid.tile_w, blend)
-        self.window = torch.from_numpy(blend_window(grid.tile_h, grid.tile_w, blend)).to(**opts)
-        self._sum_y = torch.from_numpy(_coverage(grid.ys, grid.padded_height, win_y)).to(**opts)
-        self._sum_x = torch.from_numpy(_coverage(grid.xs, grid.padded_width, win_x)).to(**opts)
+        # Through pinned memory to a GPU: a plain copy would wait for the network's queued work.
+        self.window = _to_device(blend_window(grid.tile_h, grid.tile_w, blend), device)
+        self._sum_y = _to_device(_coverage(grid.ys, grid.padded_height, win_y), device)
+        self._sum_x = _to_device(_coverage(grid.xs, grid.padded_width, win_x), device)
         self.block_width = block_width or grid.padded_width
         width = min(grid.padded_width, self.block_width + grid.tile_w)
         self.work = torch.zeros((num_classes, grid.tile_h, width), **opts)

@@ -257,6 +257,24 @@ def test_cuda_autocast_matches_cpu(trained_bundle_path):
     np.testing.assert_array_equal(gpu_predictor.predict(image), gpu.argmax(0))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_predict_queues_the_whole_image_without_waiting_for_the_gpu(trained_bundle_path):
+    """No synchronising call (``.cpu()``, a copy from pageable memory, ``.item()``) between the
+    first tile and the last: the host only waits on the label copies' events, lagging behind."""
+    predictor = Predictor.from_path(trained_bundle_path, device="cuda", tile=64, batch_size=2)
+    image, _ = colour_scene(300, 260, seed=3)
+    expected = predictor.predict_proba(image).argmax(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        labels = predictor.predict(image)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(predictor.grid(300, 260)) > 4 * 2  # several rows of tiles, several batches
+    np.testing.assert_array_equal(labels, expected)
+
+
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])
 def test_same_tile_positions_as_monai_give_the_same_probabilities(predictor, blend):
     """With a grid both tilers agree on (stride-aligned starts) and the same blend window, segkit's
