@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+from itertools import pairwise
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segkit.data.palette import default_colors
@@ -45,6 +47,24 @@ def write_all(
                 writer.add_block(top, left, probs[:, top:bottom, left:right])
         paths = writer.commit(image)
     return probs, image, paths
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_labels_of_gpu_blocks_are_all_in_the_mask_at_commit(tmp_path):
+    """On a GPU the labels come back a few blocks late (HostLabels): commit waits for them, and
+    each block's labels are the block as it was when added, though its buffer was reused."""
+    probs = random_probs(4, 37, 29)
+    buffer = torch.empty(4, 37, 29, device="cuda")
+    with OutputWriter(tmp_path / "img", ["index"], model_info(4), 37, 29) as writer:
+        for top, bottom in pairwise((0, 10, 20, 37)):
+            for left, right in pairwise((0, 12, 29)):
+                view = buffer[:, : bottom - top, : right - left]  # as the stitcher hands out
+                view.copy_(torch.from_numpy(probs[:, top:bottom, left:right]))
+                writer.add_block(top, left, view)
+        paths = writer.commit()
+    with Image.open(paths["index"]) as im:
+        np.testing.assert_array_equal(np.array(im), probs.argmax(0))
 
 
 def test_every_output_is_right(tmp_path):
