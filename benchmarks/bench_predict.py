@@ -12,7 +12,8 @@ logits, copied for every tile as a network's fresh output would be): what is lef
 tilers themselves cost, without the network's run-to-run noise.
 
 Every measurement runs in a fresh subprocess (peak RSS = the process's ``VmHWM``; on CUDA also
-``torch.cuda.max_memory_allocated``). The model is Unet-resnet34, random init (seed 0), 12 classes.
+``torch.cuda.max_memory_allocated``). The model is Unet-resnet34 (``--encoder`` picks another smp
+encoder), random init (seed 0), 12 classes.
 
     pip install -e .[benchmark]
     python benchmarks/bench_predict.py --sizes 4096 16384 --device cuda
@@ -50,8 +51,8 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def make_model(workdir: Path, backend: str) -> Path:
-    """A segkit bundle of Unet-resnet34 (random init, seed 0), and its ONNX export when asked."""
+def make_model(workdir: Path, backend: str, encoder: str = "resnet34") -> Path:
+    """A segkit bundle of a Unet (random init, seed 0), and its ONNX export when asked."""
     import torch
 
     from segkit.bundle import save_bundle
@@ -61,16 +62,16 @@ def make_model(workdir: Path, backend: str) -> Path:
     cfg = load_config(
         {
             "data": {"classes": [f"class{i}" for i in range(K)], "patch_size": TILE},
-            "model": {"arch": "Unet", "encoder": "resnet34", "encoder_weights": None},
+            "model": {"arch": "Unet", "encoder": encoder, "encoder_weights": None},
             "predict": {"tile": TILE, "overlap": OVERLAP, "blend": "gaussian"},
         }
     )
     torch.manual_seed(0)
-    ckpt = save_bundle(workdir / "unet_r34.ckpt", cfg, build_model(cfg.model, K, 3))
+    ckpt = save_bundle(workdir / f"unet_{encoder}.ckpt", cfg, build_model(cfg.model, K, 3))
     if backend == "onnx":
         from segkit.export.onnx import export_onnx
 
-        onnx_path = workdir / "unet_r34.onnx"
+        onnx_path = workdir / f"unet_{encoder}.onnx"
         export_onnx(ckpt, onnx_path)
         return onnx_path
     return ckpt
@@ -335,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         default="torch",
         help="network runtime used by both tools (none: a fixed probability tile, the tilers alone)",
     )
+    p.add_argument(
+        "--encoder", default="resnet34", help="the Unet's smp encoder (random init), both tools"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument(
         "--batch-size",
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = ns.max_rss_gb or psutil.virtual_memory().total / 1024**3 * 0.8
     workdir = ns.workdir or Path(tempfile.mkdtemp(prefix="segkit-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    model = make_model(workdir, ns.backend)
+    model = make_model(workdir, ns.backend, ns.encoder)
     # K full-size float maps go to disk for the comparison: never for the huge sizes by default
     smallest = min(ns.sizes)
     compare = (
@@ -454,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "image and the warm-up (the runtime, the model and the image), before the timed runs"
     )
     print(
-        f"\nbackend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={next((r['batch_size'] for _, r, _ in rows if 'batch_size' in r), ns.batch_size) or 'the device default'}"
+        f"\nmodel=Unet-{ns.encoder} backend={ns.backend} device={rows[0][1].get('device', ns.device)} tile={TILE} overlap={OVERLAP} blend=gaussian classes={K} batch={next((r['batch_size'] for _, r, _ in rows if 'batch_size' in r), ns.batch_size) or 'the device default'}"
     )
     print(
         f"{'size':>7} {'tool':>7} {'tiles':>6} {'time s':>9} {'peak RSS GB':>12} {'RSS before':>11} {'GPU peak GB':>12}"
