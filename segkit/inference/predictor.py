@@ -413,10 +413,6 @@ class HostLabels:
         while self._pending:
             self._write_oldest()
 
-    def discard(self) -> None:
-        """Forget the blocks on their way (the image failed)."""
-        self._pending.clear()
-
     def _write_oldest(self) -> None:
         row, col, host, copied = self._pending.popleft()
         copied.synchronize()

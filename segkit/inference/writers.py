@@ -162,7 +162,6 @@ class OutputWriter:
     def abort(self) -> None:
         """Remove every temporary file; nothing of this image is left behind."""
         self._probs = None
-        self._label_copies.discard()
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
