@@ -50,7 +50,7 @@ def test_info_comes_from_the_bundle(predictor):
 def test_batch_size_comes_from_the_call_then_the_model_then_the_device(predictor, gray_bundle_path):
     assert predictor.settings().batch_size == 4  # the bundle's predict.batch_size
     assert predictor.settings(batch_size=16).batch_size == 16
-    unset = Predictor.from_path(gray_bundle_path)  # predict.batch_size: null in the bundle
+    unset = Predictor.from_path(gray_bundle_path, device="cpu")  # predict.batch_size: null
     assert unset.info.batch_size is None
     assert unset.settings().batch_size == CPU_BATCH_SIZE
     assert default_batch_size(torch.device("cuda")) == GPU_BATCH_SIZE > CPU_BATCH_SIZE
