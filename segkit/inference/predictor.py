@@ -7,7 +7,7 @@ the ONNX metadata), so ``Predictor.from_path(p).predict(img)`` does what trainin
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,15 @@ from segkit.data.io import image_to_float
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.tiff_windows import TiffWindows
-from segkit.inference.tiling import BLENDS, TileGrid, iter_stitched, make_grid
+from segkit.inference.tiling import (
+    BLENDS,
+    BlockStitcher,
+    TileGrid,
+    extract_tile,
+    iter_stitched,
+    make_grid,
+    to_device,
+)
 
 Image = np.ndarray | TiffWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
@@ -325,6 +333,46 @@ class Predictor:
             band[:, :, col : col + block.shape[2]] = block
             if col + block.shape[2] == image.shape[1]:
                 yield row, band
+
+    def batch_key(self, image: Image) -> Hashable | None:
+        """Images with equal keys can share forward passes (:meth:`probs_together`): each fits one
+        tile of the same shape and has the same pixel type. None when an image needs several tiles."""
+        s = self.settings()
+        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
+        if len(grid) != 1:
+            return None
+        return grid.tile_h, grid.tile_w, image.dtype == np.uint8
+
+    def probs_together(self, images: Sequence[Image]) -> list[torch.Tensor]:
+        """``(K, h, w)`` float32 probabilities, on the backend's device, of images with one
+        :meth:`batch_key`, ``batch_size`` images per forward pass.
+
+        Each image gets what :meth:`iter_blocks` gives it alone (the same tile, the same stitcher),
+        but a folder of small images fills the batches instead of running one tile per pass.
+        """
+        images = [_check_image(im) for im in images]
+        keys = {self.batch_key(im) for im in images}
+        if None in keys or len(keys) > 1:
+            raise ValueError("probs_together takes images that each fit one tile of the same shape")
+        s = self.settings()
+        run, device = self._runner(s.tta), self._device()
+        out: list[torch.Tensor] = []
+        for start in range(0, len(images), s.batch_size):
+            chunk = images[start : start + s.batch_size]
+            grids = [make_grid(*im.shape[:2], s.tile, s.overlap, self.info.stride) for im in chunk]
+            tiles = np.stack(
+                [
+                    self._prepare(extract_tile(im, 0, 0, g.tile_h, g.tile_w))
+                    for im, g in zip(chunk, grids, strict=True)
+                ]
+            )
+            probs = torch.as_tensor(run(to_device(tiles, device).permute(0, 3, 1, 2)))
+            for grid, p in zip(grids, probs, strict=True):
+                stitcher = BlockStitcher(grid, self.info.num_classes, s.blend, device=probs.device)
+                finished = stitcher.add(0, 0, p.float())
+                assert finished is not None  # one tile covers the image: its block is all of it
+                out.append(finished[2])
+        return out
 
     def predict_proba(
         self,

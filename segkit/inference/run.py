@@ -1,9 +1,11 @@
 """``segkit predict``: a folder of any-size images through the tiled engine into mask files.
 
 Decoding runs ahead of the model and encoding/writing runs behind it, each in background threads,
-so the model is never idle on I/O. A bad image is recorded as failed and the run goes on. With
-``devices > 1`` the images are sharded over processes (torch.distributed, gloo on CPU, nccl on
-CUDA), each image is written by exactly one of them and rank 0 merges the manifests.
+so the model is never idle on I/O. Consecutive images that each fit one tile of the same shape
+share forward passes (``batch_size`` images per pass), so small images still fill a GPU's batches.
+A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
+sharded over processes (torch.distributed, gloo on CPU, nccl on CUDA), each image is written by
+exactly one of them and rank 0 merges the manifests.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,19 @@ def _record(
         "status": status,
         "error": error,
     }
+
+
+@dataclass
+class _Job:
+    """One decoded image on its way through the model."""
+
+    index: int
+    item: InputImage
+    base: Path
+    image: Any
+    t0: float
+    tiles: int = 0
+    key: Hashable | None = None  # Predictor.batch_key: images with one key share forward passes
 
 
 class _Progress:
@@ -194,7 +209,8 @@ def run_items(
     remove_stale_temporaries(
         list(owners), save, k, also=[output / MANIFEST]
     )  # left by a killed run
-    passes = len(_tta_transforms(predictor.settings().tta))
+    settings = predictor.settings()
+    passes, batch_size = len(_tta_transforms(settings.tta)), settings.batch_size
     workers = max(1, workers)
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-read") as readers,
@@ -235,6 +251,46 @@ def run_items(
                 )
             bar.image()
 
+        def fail(job: _Job, e: BaseException) -> None:
+            h, w = job.image.shape[:2]
+            records[job.index] = _record(
+                job.item, "failed", error=_reason(e, job.item.path), height=h, width=w
+            )
+            bar.image()
+
+        def write(job: _Job, blocks: Iterable[tuple[int, int, Any]]) -> None:
+            """Hand one image's probability blocks to its writer; the commit runs in the background."""
+            h, w = job.image.shape[:2]
+            try:
+                writer = OutputWriter(job.base, save, info, h, w, probs_dtype).__enter__()
+                try:
+                    for row, col, block in blocks:
+                        writer.add_block(row, col, block)
+                except BaseException:
+                    writer.abort()
+                    raise
+            except (SegkitError, RuntimeError, MemoryError) as e:
+                fail(job, e)
+                return
+            overlay = job.image if "overlay" in save else None
+            meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
+            writes.append((job.index, job.item, writers.submit(writer.commit, overlay), meta))
+            while len(writes) > workers:
+                finish(writes.popleft())
+
+        def predict_group(group: list[_Job]) -> None:
+            """Images that each fit one tile of the same shape: one forward pass for all."""
+            try:
+                probs = predictor.probs_together([job.image for job in group])
+            except (SegkitError, RuntimeError, MemoryError) as e:
+                for job in group:
+                    fail(job, e)
+                return
+            bar.tiles(len(group) * passes)
+            for job, p in zip(group, probs, strict=True):
+                write(job, [(0, 0, p)])
+
+        group: list[_Job] = []  # small images waiting to share a batch
         for _ in range(workers + 1):
             read_next()
         while reads:
@@ -247,37 +303,34 @@ def run_items(
                 records[i] = _record(item, "failed", error=_reason(e, item.path))
                 bar.image()
                 continue
-            h, w = image.shape[:2]
-            try:
-                n_tiles = len(predictor.grid(h, w)) * passes
-                bar.plan_tiles(n_tiles)
-                writer = OutputWriter(base, save, info, h, w, probs_dtype).__enter__()
-                try:
-                    for row, col, block in predictor.iter_blocks(
-                        image,
-                        on_tiles=lambda n: bar.tiles(n * passes),
-                        as_tensor=True,
-                        copy=False,  # add_block uses each block at once
-                    ):
-                        writer.add_block(row, col, block)
-                except BaseException:
-                    writer.abort()
-                    raise
-            except (SegkitError, RuntimeError, MemoryError) as e:
-                records[i] = _record(item, "failed", error=_reason(e, item.path), height=h, width=w)
-                bar.image()
-                continue
-            writes.append(
-                (
-                    i,
-                    item,
-                    writers.submit(writer.commit, image if "overlay" in save else None),
-                    {"t0": t0, "height": h, "width": w, "tiles": n_tiles},
-                )
-            )
+            job = _Job(i, item, base, image, t0)
             del image
-            while len(writes) > workers:
-                finish(writes.popleft())
+            try:
+                job.tiles = len(predictor.grid(*job.image.shape[:2])) * passes
+                job.key = predictor.batch_key(job.image) if batch_size > 1 else None
+            except SegkitError as e:
+                fail(job, e)
+                continue
+            bar.plan_tiles(job.tiles)
+            if group and (job.key is None or job.key != group[0].key):
+                predict_group(group)
+                group = []
+            if job.key is None:
+                blocks = predictor.iter_blocks(
+                    job.image,
+                    on_tiles=lambda n: bar.tiles(n * passes),
+                    as_tensor=True,
+                    copy=False,  # add_block uses each block at once
+                )
+                write(job, blocks)
+            else:
+                group.append(job)
+                if len(group) == batch_size:
+                    predict_group(group)
+                    group = []
+            del job
+        if group:
+            predict_group(group)
         while writes:
             finish(writes.popleft())
     return [r for r in records if r is not None]

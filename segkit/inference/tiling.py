@@ -185,9 +185,9 @@ class BlockStitcher:
         opts = {"dtype": torch.float32, "device": device}
         win_y, win_x = _window_1d(grid.tile_h, blend), _window_1d(grid.tile_w, blend)
         # Through pinned memory to a GPU: a plain copy would wait for the network's queued work.
-        self.window = _to_device(blend_window(grid.tile_h, grid.tile_w, blend), device)
-        self._sum_y = _to_device(_coverage(grid.ys, grid.padded_height, win_y), device)
-        self._sum_x = _to_device(_coverage(grid.xs, grid.padded_width, win_x), device)
+        self.window = to_device(blend_window(grid.tile_h, grid.tile_w, blend), device)
+        self._sum_y = to_device(_coverage(grid.ys, grid.padded_height, win_y), device)
+        self._sum_x = to_device(_coverage(grid.xs, grid.padded_width, win_x), device)
         self.block_width = block_width or grid.padded_width
         width = min(grid.padded_width, self.block_width + grid.tile_w)
         self.work = torch.zeros((num_classes, grid.tile_h, width), **opts)
@@ -291,7 +291,7 @@ def iter_stitched(
 
     def cut(y: int) -> torch.Tensor:
         rows = prepare(extract_tile(image, y, 0, grid.tile_h, grid.padded_width))
-        return _to_device(rows, device).permute(2, 0, 1)
+        return to_device(rows, device).permute(2, 0, 1)
 
     def load_rows(chunk: list[tuple[int, int]], pool: ThreadPoolExecutor) -> None:
         for y in sorted({y for y, _ in chunk} - row_bands.keys()):
@@ -322,7 +322,7 @@ def iter_stitched(
                 on_tiles(len(chunk))
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """Host array -> tensor on ``device``; through pinned memory to a GPU, so the copy is async.
 
     A read-only band (a view of a memory-mapped image) is copied first: torch has no read-only

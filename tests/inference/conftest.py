@@ -141,3 +141,15 @@ def trained_bundle_path(tmp_path_factory) -> Path:
         loss.backward()
         opt.step()
     return save_bundle(tmp_path_factory.mktemp("trained") / "trained.ckpt", cfg, model.eval())
+
+
+class CountingBackend:
+    """Wraps a backend and records the batch size of every forward pass."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.info, self.device = inner, inner.info, inner.device
+        self.batches: list[int] = []
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(tiles.shape[0]))
+        return self.inner(tiles)

@@ -21,7 +21,7 @@ from segkit.inference.backend import (
 from segkit.inference.predictor import HostLabels, Predictor, argmax_labels
 from segkit.inference.tiling import blend_window, make_grid
 
-from .conftest import CLASSES, colour_scene, shapes_image
+from .conftest import CLASSES, CountingBackend, colour_scene, shapes_image
 
 
 @pytest.fixture(scope="module")
@@ -372,3 +372,28 @@ def test_a_read_only_image_predicts_without_a_torch_warning(predictor, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(predictor.predict(image, tile=64), expected)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_small_images_share_forward_passes_and_get_what_each_gets_alone(bundle_path, tta):
+    """Images that fit one tile of the same shape run batch_size per pass (a folder of small
+    images keeps a GPU busy) and get the probabilities each gets alone."""
+    counting = CountingBackend(Predictor.from_path(bundle_path, device="cpu").backend)
+    p = Predictor(counting, batch_size=2, tta=tta)
+    images = [shapes_image(h, w, seed=s) for s, (h, w) in enumerate([(60, 60), (64, 64), (57, 58)])]
+    assert len({p.batch_key(im) for im in images}) == 1  # all padded to one 64 x 64 tile
+    together = p.probs_together(images)
+    passes = len(counting.batches) // 2
+    assert counting.batches == [2] * passes + [1] * passes  # 3 images: a pass of 2, then of 1
+    for image, probs in zip(images, together, strict=True):
+        assert probs.shape == (len(CLASSES), *image.shape[:2])
+        np.testing.assert_allclose(probs.numpy(), p.predict_proba(image), atol=1e-5, rtol=0)
+
+
+def test_batch_keys_separate_tile_shapes_pixel_types_and_large_images(predictor):
+    key = predictor.batch_key
+    assert key(shapes_image(60, 60)) == key(shapes_image(57, 58)) != key(shapes_image(40, 64))
+    assert key(shapes_image(60, 60)) != key(shapes_image(60, 60).astype(np.uint16) * 257)
+    assert key(shapes_image(100, 60)) is None  # two tiles: the stitching path
+    with pytest.raises(ValueError, match="fit one tile of the same shape"):
+        predictor.probs_together([shapes_image(60, 60), shapes_image(40, 64)])

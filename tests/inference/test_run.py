@@ -16,7 +16,7 @@ from segkit.inference.run import predict_source
 from segkit.inference.sources import find_inputs, open_image
 from segkit.inference.writers import MANIFEST, read_manifest
 
-from .conftest import shapes_image
+from .conftest import CountingBackend, shapes_image
 
 
 @pytest.fixture
@@ -179,3 +179,42 @@ def test_onnx_model_gives_the_same_masks(bundle_path, folder, tmp_path):
     np.testing.assert_allclose(onnx_p.predict_proba(image), torch_p.predict_proba(image), atol=1e-4)
     summary = predict_source(onnx_path, folder / "a.png", tmp_path / "out", progress=False)
     assert summary.ok == 1
+
+
+def test_small_images_of_a_folder_share_forward_passes(bundle_path, tmp_path):
+    """Consecutive images that fit one tile of the same shape are predicted batch_size at a time;
+    another shape, a multi-tile image or a broken file in between only ends a batch. The masks
+    and the manifest are those of one image per pass."""
+    src = tmp_path / "images"
+    src.mkdir()
+    sizes = [(60, 60), (64, 64), (57, 58), (40, 64), (60, 62), (64, 60), (150, 100), (62, 62)]
+    for n, (h, w) in enumerate(sizes):
+        Image.fromarray(shapes_image(h, w, seed=n)).save(src / f"{n}.png")
+    (src / "4b.png").write_bytes(b"not a png")  # sorts between 4.png and 5.png
+
+    def run(batch_size: int, out):
+        counting = CountingBackend(Predictor.from_path(bundle_path, device="cpu").backend)
+        predictor = Predictor(counting, batch_size=batch_size)
+        summary = predict_source(predictor, src, out, save=["index", "probs"], progress=False)
+        return summary, counting.batches
+
+    one, one_passes = run(1, tmp_path / "one")
+    four, four_passes = run(4, tmp_path / "four")
+    assert (four.ok, len(four.failures)) == (one.ok, len(one.failures)) == (8, 1)
+    assert four.failures == one.failures and "4b.png" in four.failures[0]
+    # 0-2 share one pass; 3 has another tile shape; 4, (broken 4b), 5 share one; 6 is 3 x 2 tiles
+    # (stitched, in batches of 4); 7 alone
+    assert one_passes == [1] * 13
+    assert four_passes == [3, 1, 2, 4, 2, 1]
+    for n in range(len(sizes)):
+        np.testing.assert_array_equal(
+            np.array(Image.open(tmp_path / "four" / f"{n}.png")),
+            np.array(Image.open(tmp_path / "one" / f"{n}.png")),
+        )
+        np.testing.assert_allclose(
+            np.load(tmp_path / "four" / f"{n}_probs.npy").astype(np.float32),
+            np.load(tmp_path / "one" / f"{n}_probs.npy").astype(np.float32),
+            atol=1e-3,  # float16 on disk
+        )
+    manifest = {r["input"]: r for r in read_manifest(tmp_path / "four")}
+    assert manifest[str(src / "0.png")]["tiles"] == 1 and manifest[str(src / "6.png")]["tiles"] == 6
