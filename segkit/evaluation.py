@@ -124,8 +124,15 @@ def evaluate_pairs(
     confusion = ConfusionMatrix(
         len(classes), ignore_index=data.ignore_index, sync=False
     )  # may run on rank 0 only
-    for image, mask in _prefetched(pairs, data):
-        pred = predictor.predict(image)
+    masks: deque[np.ndarray] = deque()  # of the images predict_many has taken, not yet scored
+
+    def images() -> Iterator[np.ndarray]:
+        for image, mask in _prefetched(pairs, data):
+            masks.append(mask)
+            yield image
+
+    for pred in predictor.predict_many(images()):  # small images share forward passes
+        mask = masks.popleft()
         confusion.update(
             torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
         )

@@ -48,6 +48,9 @@ class EchoPredictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         return (image[..., 0] // 100).astype(np.uint8)
 
+    def predict_many(self, images):
+        return map(self.predict, images)
+
 
 def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, palette: bool) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -179,3 +182,29 @@ def test_onnx_export_evaluates_like_the_checkpoint(real_pairs, tmp_path):
     agree = np.trace(from_onnx.matrix) / from_onnx.total_pixels
     assert from_onnx.total_pixels == from_ckpt.total_pixels
     assert abs(agree - np.trace(from_ckpt.matrix) / from_ckpt.total_pixels) < 1e-3
+
+
+def test_small_images_sharing_forward_passes_score_the_same(tmp_path, monkeypatch):
+    """evaluate predicts through Predictor.predict_many: at batch 4 the small images share
+    passes, and the confusion matrix is the one of one image per pass."""
+    from segkit.inference.predictor import Predictor
+
+    shared: list[int] = []
+    together = Predictor.probs_together
+    monkeypatch.setattr(
+        Predictor,
+        "probs_together",
+        lambda self, ims: shared.append(len(ims)) or together(self, ims),
+    )
+    model = _bundle(tmp_path, patch_size=64)
+    rng = np.random.default_rng(0)
+    for n, (h, w) in enumerate([(60, 60), (64, 64), (57, 58), (100, 60), (62, 62)]):
+        pred = rng.integers(0, 3, (h, w))
+        _write_pair(tmp_path / "val", f"{n}", pred, rng.integers(0, 3, (h, w)), palette=False)
+    one, four = (
+        evaluate(model, tmp_path / "val" / "images", tmp_path / "val" / "masks", batch_size=b)
+        for b in (1, 4)
+    )
+    assert one.matrix.sum() == 60 * 60 + 64 * 64 + 57 * 58 + 100 * 60 + 62 * 62
+    np.testing.assert_array_equal(four.matrix, one.matrix)
+    assert shared == [3, 1]  # batch 4: images 0-2 together, 3 stitched from two tiles, 4 alone

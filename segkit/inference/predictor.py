@@ -7,10 +7,11 @@ the ONNX metadata), so ``Predictor.from_path(p).predict(img)`` does what trainin
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ from segkit.inference.tiling import (
 
 Image = np.ndarray | TiffWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
+
+T = TypeVar("T")
 
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -406,6 +409,39 @@ class Predictor:
             labels.add(row, col, block)
         labels.flush()
         return out
+
+    def predict_many(self, images: Iterable[Image]) -> Iterator[np.ndarray]:
+        """:meth:`predict` of each image, in order, reading ``images`` lazily. Consecutive images
+        that fit one tile of the same shape share forward passes (:meth:`probs_together`)."""
+        batch_size = self.settings().batch_size
+
+        def key(image: Image) -> Hashable | None:
+            return self.batch_key(_check_image(image)) if batch_size > 1 else None
+
+        for group in consecutive_batches(images, key, batch_size):
+            if key(group[0]) is None:
+                yield self.predict(group[0])
+                continue
+            yield from map(argmax_labels, self.probs_together(group))
+
+
+def consecutive_batches(
+    items: Iterable[T], key: Callable[[T], Hashable | None], size: int
+) -> Iterator[list[T]]:
+    """Runs of consecutive items with one key, at most ``size`` at a time; an item whose key is
+    None comes alone. A batch that ends a run is yielded after the next item has been read."""
+    for k, same in groupby(items, key):
+        if k is None:
+            yield from ([item] for item in same)
+            continue
+        batch: list[T] = []
+        for item in same:
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def label_dtype(num_classes: int) -> np.dtype:

@@ -14,14 +14,14 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError
-from segkit.inference.predictor import Predictor, _tta_transforms
+from segkit.inference.predictor import Predictor, _tta_transforms, consecutive_batches
 from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
@@ -256,6 +256,7 @@ def run_items(
             records[job.index] = _record(
                 job.item, "failed", error=_reason(e, job.item.path), height=h, width=w
             )
+            job.image = None  # free the pixels now, not when the next image has been decoded
             bar.image()
 
         def write(job: _Job, blocks: Iterable[tuple[int, int, Any]]) -> None:
@@ -275,6 +276,7 @@ def run_items(
             overlay = job.image if "overlay" in save else None
             meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
             writes.append((job.index, job.item, writers.submit(writer.commit, overlay), meta))
+            job.image = None  # free the pixels now, not when the next image has been decoded
             while len(writes) > workers:
                 finish(writes.popleft())
 
@@ -290,47 +292,42 @@ def run_items(
             for job, p in zip(group, probs, strict=True):
                 write(job, [(0, 0, p)])
 
-        group: list[_Job] = []  # small images waiting to share a batch
-        for _ in range(workers + 1):
-            read_next()
-        while reads:
-            (i, item, base), fut = reads.popleft()
-            read_next()
-            t0 = time.perf_counter()
-            try:
-                image = fut.result()
-            except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
-                records[i] = _record(item, "failed", error=_reason(e, item.path))
-                bar.image()
-                continue
-            job = _Job(i, item, base, image, t0)
-            del image
-            try:
-                job.tiles = len(predictor.grid(*job.image.shape[:2])) * passes
-                job.key = predictor.batch_key(job.image) if batch_size > 1 else None
-            except SegkitError as e:
-                fail(job, e)
-                continue
-            bar.plan_tiles(job.tiles)
-            if group and (job.key is None or job.key != group[0].key):
+        def decoded() -> Iterator[_Job]:
+            """The images in input order, decoded ahead by the readers; failures are recorded."""
+            for _ in range(workers + 1):
+                read_next()
+            while reads:
+                (i, item, base), fut = reads.popleft()
+                read_next()
+                t0 = time.perf_counter()
+                try:
+                    image = fut.result()
+                except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
+                    records[i] = _record(item, "failed", error=_reason(e, item.path))
+                    bar.image()
+                    continue
+                job = _Job(i, item, base, image, t0)
+                del image
+                try:
+                    job.tiles = len(predictor.grid(*job.image.shape[:2])) * passes
+                    job.key = predictor.batch_key(job.image) if batch_size > 1 else None
+                except SegkitError as e:
+                    fail(job, e)
+                    continue
+                bar.plan_tiles(job.tiles)
+                yield job
+
+        for group in consecutive_batches(decoded(), lambda job: job.key, batch_size):
+            if group[0].key is not None:
                 predict_group(group)
-                group = []
-            if job.key is None:
-                blocks = predictor.iter_blocks(
-                    job.image,
-                    on_tiles=lambda n: bar.tiles(n * passes),
-                    as_tensor=True,
-                    copy=False,  # add_block uses each block at once
-                )
-                write(job, blocks)
-            else:
-                group.append(job)
-                if len(group) == batch_size:
-                    predict_group(group)
-                    group = []
-            del job
-        if group:
-            predict_group(group)
+                continue
+            blocks = predictor.iter_blocks(
+                group[0].image,
+                on_tiles=lambda n: bar.tiles(n * passes),
+                as_tensor=True,
+                copy=False,  # add_block uses each block at once
+            )
+            write(group[0], blocks)
         while writes:
             finish(writes.popleft())
     return [r for r in records if r is not None]

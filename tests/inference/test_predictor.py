@@ -18,7 +18,12 @@ from segkit.inference.backend import (
     block_width,
     default_batch_size,
 )
-from segkit.inference.predictor import HostLabels, Predictor, argmax_labels
+from segkit.inference.predictor import (
+    HostLabels,
+    Predictor,
+    argmax_labels,
+    consecutive_batches,
+)
 from segkit.inference.tiling import blend_window, make_grid
 
 from .conftest import CLASSES, CountingBackend, colour_scene, shapes_image
@@ -397,3 +402,24 @@ def test_batch_keys_separate_tile_shapes_pixel_types_and_large_images(predictor)
     assert key(shapes_image(100, 60)) is None  # two tiles: the stitching path
     with pytest.raises(ValueError, match="fit one tile of the same shape"):
         predictor.probs_together([shapes_image(60, 60), shapes_image(40, 64)])
+
+
+def test_consecutive_batches_keep_order_and_split_on_key_changes_and_size():
+    keys = dict(a1="a", a2="a", a3="a", n1=None, n2=None, b1="b", a4="a", a5="a")
+    batches = list(consecutive_batches(keys, keys.get, 2))
+    assert batches == [["a1", "a2"], ["a3"], ["n1"], ["n2"], ["b1"], ["a4", "a5"]]
+
+
+def test_predict_many_equals_predict_and_shares_passes(bundle_path):
+    counting = CountingBackend(Predictor.from_path(bundle_path, device="cpu").backend)
+    p = Predictor(counting, batch_size=4)
+    images = [
+        shapes_image(60, 60, seed=0),
+        shapes_image(64, 64, seed=1)[..., 0],  # gray: the same tile, the same key
+        shapes_image(100, 60, seed=2),  # two tiles: stitched on its own
+        shapes_image(57, 58, seed=3),
+    ]
+    masks = list(p.predict_many(iter(images)))
+    assert counting.batches == [2, 2, 1]
+    for image, mask in zip(images, masks, strict=True):
+        np.testing.assert_array_equal(mask, p.predict(image))
