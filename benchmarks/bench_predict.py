@@ -39,7 +39,7 @@ K = 12
 TILE, OVERLAP = 512, 0.25
 
 
-def _peak_rss_gb() -> float:
+def peak_rss_gb() -> float:
     """This process's peak RSS. On Linux ``VmHWM`` of /proc/self/status: ``ru_maxrss`` would
     carry the parent's peak over into a child started by fork/vfork + exec."""
     try:
@@ -199,7 +199,7 @@ def cli_child(args: argparse.Namespace) -> dict:
         "size": record["height"],
         "seconds": seconds,
         "all_seconds": [seconds],
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb(),
         "rss_before_gb": float("nan"),
         "tiles": record["tiles"],
         "batch_size": args.batch_size,
@@ -241,7 +241,7 @@ def child(args: argparse.Namespace) -> dict:
     run(
         predictor, image[:1024, :1024], args, device
     )  # warm-up (cuDNN/oneDNN plans, allocators), not timed
-    rss_before = _peak_rss_gb()
+    rss_before = peak_rss_gb()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -257,7 +257,7 @@ def child(args: argparse.Namespace) -> dict:
         "size": h,
         "seconds": float(np.median(times)),
         "all_seconds": times,
-        "peak_rss_gb": _peak_rss_gb(),
+        "peak_rss_gb": peak_rss_gb(),
         "rss_before_gb": rss_before,
         "tiles": len(predictor.grid(h, w)),
         "batch_size": predictor.settings().batch_size,

@@ -280,6 +280,20 @@ def test_cuda_predict_queues_the_whole_image_without_waiting_for_the_gpu(trained
     np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_small_images_sharing_passes_match_each_alone(trained_bundle_path):
+    predictor = Predictor.from_path(trained_bundle_path, device="cuda", tile=64, batch_size=4)
+    images = [colour_scene(60, 60, seed=s)[0] for s in range(5)]
+    together = predictor.probs_together(images)
+    assert all(p.device.type == "cuda" for p in together)
+    for image, probs in zip(images, together, strict=True):
+        alone = predictor.predict_proba(image)  # bf16 kernels may differ between batch sizes
+        assert np.abs(probs.cpu().numpy() - alone).mean() < 0.01
+        assert (probs.cpu().numpy().argmax(0) == alone.argmax(0)).mean() > 0.99
+    assert [m.shape for m in predictor.predict_many(images)] == [(60, 60)] * 5
+
+
 @pytest.mark.parametrize("blend", ["constant", "gaussian"])
 def test_same_tile_positions_as_monai_give_the_same_probabilities(predictor, blend):
     """With a grid both tilers agree on (stride-aligned starts) and the same blend window, segkit's
