@@ -234,8 +234,8 @@ def _tiling_options(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="tiles per forward pass; small images that fit one tile share passes (default: the "
-        "model's, else 8 on a GPU and 1 on a CPU)",
+        help="tiles per forward pass (default: the model's, else 8 on a GPU and 1 on a CPU); "
+        "images smaller than a tile are packed into the same pixels, several per pass",
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ Image = np.ndarray | TiffWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -337,31 +338,41 @@ class Predictor:
             if col + block.shape[2] == image.shape[1]:
                 yield row, band
 
-    def batch_key(self, image: Image) -> Hashable | None:
+    def batch_key(self, image: Image) -> BatchKey | None:
         """Images with equal keys can share forward passes (:meth:`probs_together`): each fits one
         tile of the same shape and has the same pixel type. None when an image needs several tiles."""
         s = self.settings()
         grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
         if len(grid) != 1:
             return None
-        return grid.tile_h, grid.tile_w, image.dtype == np.uint8
+        return BatchKey(grid.tile_h, grid.tile_w, image.dtype == np.uint8)
+
+    def images_per_pass(self, key: BatchKey) -> int:
+        """How many images with ``key`` share a forward pass: as many as fit in the pixels of
+        ``batch_size`` full tiles (at batch 1 and tile 512: 4 images of 256², 16 of 128²), so a
+        pass holds no more than a batch of full tiles does."""
+        s = self.settings()
+        full = make_grid(s.tile, s.tile, s.tile, s.overlap, self.info.stride)  # stride-rounded
+        return s.batch_size * max(1, (full.tile_h * full.tile_w) // (key.tile_h * key.tile_w))
 
     def probs_together(self, images: Sequence[Image]) -> list[torch.Tensor]:
         """``(K, h, w)`` float32 probabilities, on the backend's device, of images with one
-        :meth:`batch_key`, ``batch_size`` images per forward pass.
+        :meth:`batch_key`, :meth:`images_per_pass` images per forward pass.
 
         Each image gets what :meth:`iter_blocks` gives it alone (the same tile, the same stitcher),
-        but a folder of small images fills the batches instead of running one tile per pass.
+        but a folder of small images fills the passes instead of running one small tile per pass.
         """
         images = [_check_image(im) for im in images]
         keys = {self.batch_key(im) for im in images}
-        if None in keys or len(keys) > 1:
+        key = keys.pop() if len(keys) == 1 else None
+        if key is None:
             raise ValueError("probs_together takes images that each fit one tile of the same shape")
         s = self.settings()
         run, device = self._runner(s.tta), self._device()
+        per_pass = self.images_per_pass(key)
         out: list[torch.Tensor] = []
-        for start in range(0, len(images), s.batch_size):
-            chunk = images[start : start + s.batch_size]
+        for start in range(0, len(images), per_pass):
+            chunk = images[start : start + per_pass]
             grids = [make_grid(*im.shape[:2], s.tile, s.overlap, self.info.stride) for im in chunk]
             tiles = np.stack(
                 [
@@ -413,23 +424,27 @@ class Predictor:
     def predict_many(self, images: Iterable[Image]) -> Iterator[np.ndarray]:
         """:meth:`predict` of each image, in order, reading ``images`` lazily. Consecutive images
         that fit one tile of the same shape share forward passes (:meth:`probs_together`)."""
-        batch_size = self.settings().batch_size
-
-        def key(image: Image) -> Hashable | None:
-            return self.batch_key(_check_image(image)) if batch_size > 1 else None
-
-        for group in consecutive_batches(images, key, batch_size):
-            if key(group[0]) is None:
-                yield self.predict(group[0])
+        keyed = ((image, self.batch_key(_check_image(image))) for image in images)
+        for group in consecutive_batches(keyed, lambda pair: pair[1], self.images_per_pass):
+            if group[0][1] is None:
+                yield self.predict(group[0][0])
                 continue
-            yield from map(argmax_labels, self.probs_together(group))
+            yield from map(argmax_labels, self.probs_together([image for image, _ in group]))
+
+
+class BatchKey(NamedTuple):
+    """What images must share to go through one forward pass together."""
+
+    tile_h: int
+    tile_w: int
+    uint8: bool  # uint8 pixels are normalised on the device; others arrive as float32
 
 
 def consecutive_batches(
-    items: Iterable[T], key: Callable[[T], Hashable | None], size: int
+    items: Iterable[T], key: Callable[[T], K | None], size: Callable[[K], int]
 ) -> Iterator[list[T]]:
-    """Runs of consecutive items with one key, at most ``size`` at a time; an item whose key is
-    None comes alone. A batch that ends a run is yielded after the next item has been read."""
+    """Runs of consecutive items with one key, at most ``size(key)`` at a time; an item whose key
+    is None comes alone. A batch that ends a run is yielded after the next item has been read."""
     for k, same in groupby(items, key):
         if k is None:
             yield from ([item] for item in same)
@@ -437,7 +452,7 @@ def consecutive_batches(
         batch: list[T] = []
         for item in same:
             batch.append(item)
-            if len(batch) == size:
+            if len(batch) == size(k):
                 yield batch
                 batch = []
         if batch:

@@ -2,7 +2,7 @@
 
 Decoding runs ahead of the model and encoding/writing runs behind it, each in background threads,
 so the model is never idle on I/O. Consecutive images that each fit one tile of the same shape
-share forward passes (``batch_size`` images per pass), so small images still fill a GPU's batches.
+share forward passes (as many as fit in ``batch_size`` full tiles), so small images fill them.
 A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
 sharded over processes (torch.distributed, gloo on CPU, nccl on CUDA), each image is written by
 exactly one of them and rank 0 merges the manifests.
@@ -14,14 +14,19 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError
-from segkit.inference.predictor import Predictor, _tta_transforms, consecutive_batches
+from segkit.inference.predictor import (
+    BatchKey,
+    Predictor,
+    _tta_transforms,
+    consecutive_batches,
+)
 from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
@@ -110,7 +115,7 @@ class _Job:
     image: Any
     t0: float
     tiles: int = 0
-    key: Hashable | None = None  # Predictor.batch_key: images with one key share forward passes
+    key: BatchKey | None = None  # images with one key share forward passes
 
 
 class _Progress:
@@ -209,8 +214,7 @@ def run_items(
     remove_stale_temporaries(
         list(owners), save, k, also=[output / MANIFEST]
     )  # left by a killed run
-    settings = predictor.settings()
-    passes, batch_size = len(_tta_transforms(settings.tta)), settings.batch_size
+    passes = len(_tta_transforms(predictor.settings().tta))
     workers = max(1, workers)
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-read") as readers,
@@ -310,14 +314,14 @@ def run_items(
                 del image
                 try:
                     job.tiles = len(predictor.grid(*job.image.shape[:2])) * passes
-                    job.key = predictor.batch_key(job.image) if batch_size > 1 else None
+                    job.key = predictor.batch_key(job.image)
                 except SegkitError as e:
                     fail(job, e)
                     continue
                 bar.plan_tiles(job.tiles)
                 yield job
 
-        for group in consecutive_batches(decoded(), lambda job: job.key, batch_size):
+        for group in consecutive_batches(decoded(), lambda job: job.key, predictor.images_per_pass):
             if group[0].key is not None:
                 predict_group(group)
                 continue

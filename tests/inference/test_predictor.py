@@ -420,7 +420,7 @@ def test_batch_keys_separate_tile_shapes_pixel_types_and_large_images(predictor)
 
 def test_consecutive_batches_keep_order_and_split_on_key_changes_and_size():
     keys = dict(a1="a", a2="a", a3="a", n1=None, n2=None, b1="b", a4="a", a5="a")
-    batches = list(consecutive_batches(keys, keys.get, 2))
+    batches = list(consecutive_batches(keys, keys.get, lambda key: 2))
     assert batches == [["a1", "a2"], ["a3"], ["n1"], ["n2"], ["b1"], ["a4", "a5"]]
 
 
@@ -436,4 +436,18 @@ def test_predict_many_equals_predict_and_shares_passes(bundle_path):
     masks = list(p.predict_many(iter(images)))
     assert counting.batches == [2, 2, 1]
     for image, mask in zip(images, masks, strict=True):
+        np.testing.assert_array_equal(mask, p.predict(image))
+
+
+def test_smaller_images_pack_more_per_pass_within_a_batch_of_full_tiles(bundle_path):
+    """batch_size counts full tiles: at tile 64 and batch 1, a pass holds four 32 x 32 images."""
+    counting = CountingBackend(Predictor.from_path(bundle_path, device="cpu").backend)
+    p = Predictor(counting, batch_size=1)  # the bundle's tile: 64
+    small = [shapes_image(30, 31, seed=s) for s in range(5)]  # padded to 32 x 32 (stride 8)
+    assert p.images_per_pass(p.batch_key(small[0])) == 4
+    assert p.images_per_pass(p.batch_key(shapes_image(64, 64))) == 1
+    assert p.images_per_pass(p.batch_key(shapes_image(40, 64))) == 1  # 2560 px: one fits
+    masks = list(p.predict_many(small))
+    assert counting.batches == [4, 1]
+    for image, mask in zip(small, masks, strict=True):
         np.testing.assert_array_equal(mask, p.predict(image))
