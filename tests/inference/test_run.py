@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,31 @@ def test_small_images_of_a_folder_share_forward_passes(bundle_path, tmp_path):
         )
     manifest = {r["input"]: r for r in read_manifest(tmp_path / "four")}
     assert manifest[str(src / "0.png")]["tiles"] == 1 and manifest[str(src / "6.png")]["tiles"] == 6
+
+
+def test_a_failing_forward_pass_fails_the_images_in_it_and_the_run_goes_on(bundle_path, tmp_path):
+    """A pass that raises (a GPU out of memory, say) fails exactly the images it held, each
+    named with the reason; the images before and after are written."""
+
+    class FailsOnSmallTiles(CountingBackend):
+        def __call__(self, tiles):
+            if tiles.shape[-1] == 32 or tiles.shape[-2] == 40:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super().__call__(tiles)
+
+    src = tmp_path / "images"
+    src.mkdir()
+    for n, (h, w) in enumerate([(60, 60), (30, 30), (31, 29), (150, 100), (64, 64), (40, 200)]):
+        Image.fromarray(shapes_image(h, w, seed=n)).save(src / f"{n}.png")
+    backend = FailsOnSmallTiles(Predictor.from_path(bundle_path, device="cpu").backend)
+    out = tmp_path / "out"
+    summary = predict_source(Predictor(backend, batch_size=1), src, out, progress=False)
+    assert summary.ok == 3 and len(summary.failures) == 3
+    records = {Path(r["input"]).name: r for r in read_manifest(out)}
+    # 30 x 30 and 31 x 29 share one 32 x 32 pass; 40 x 200 is stitched from 40 x 64 tiles
+    for name in ("1.png", "2.png", "5.png"):
+        assert records[name]["status"] == "failed"
+        assert records[name]["error"] == "CUDA out of memory (simulated)"
+        assert not (out / name).exists()
+    assert all((out / f"{n}.png").is_file() for n in (0, 3, 4))
+    assert not [p for p in out.rglob(".*")]  # no temporaries left
