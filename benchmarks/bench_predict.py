@@ -247,6 +247,7 @@ def child(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):  # the same call again: the median is steadier on a shared GPU
+        labels = probs_out = None  # else the last run's label map is held while the next one fills
         start = time.perf_counter()
         labels, probs_out = run(predictor, image, args, device)
         if cuda:
