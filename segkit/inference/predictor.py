@@ -23,7 +23,6 @@ from segkit.inference.backend import Backend, ModelInfo, block_width, default_ba
 from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import (
     BLENDS,
-    BlockStitcher,
     TileGrid,
     extract_tile,
     iter_stitched,
@@ -359,8 +358,8 @@ class Predictor:
         """``(K, h, w)`` float32 probabilities, on the backend's device, of images with one
         :meth:`batch_key`, :meth:`images_per_pass` images per forward pass.
 
-        Each image gets what :meth:`iter_blocks` gives it alone (the same tile, the same stitcher),
-        but a folder of small images fills the passes instead of running one small tile per pass.
+        Each image gets what :meth:`iter_blocks` gives it alone (the same tile; one tile needs no
+        blending), but a folder of small images fills the passes instead of one small tile each.
         """
         images = [_check_image(im) for im in images]
         keys = {self.batch_key(im) for im in images}
@@ -373,19 +372,11 @@ class Predictor:
         out: list[torch.Tensor] = []
         for start in range(0, len(images), per_pass):
             chunk = images[start : start + per_pass]
-            grids = [make_grid(*im.shape[:2], s.tile, s.overlap, self.info.stride) for im in chunk]
             tiles = np.stack(
-                [
-                    self._prepare(extract_tile(im, 0, 0, g.tile_h, g.tile_w))
-                    for im, g in zip(chunk, grids, strict=True)
-                ]
+                [self._prepare(extract_tile(im, 0, 0, key.tile_h, key.tile_w)) for im in chunk]
             )
             probs = torch.as_tensor(run(to_device(tiles, device).permute(0, 3, 1, 2)))
-            for grid, p in zip(grids, probs, strict=True):
-                stitcher = BlockStitcher(grid, self.info.num_classes, s.blend, device=probs.device)
-                finished = stitcher.add(0, 0, p.float())
-                assert finished is not None  # one tile covers the image: its block is all of it
-                out.append(finished[2])
+            out += [p[:, : im.shape[0], : im.shape[1]] for im, p in zip(chunk, probs, strict=True)]
         return out
 
     def predict_proba(

@@ -167,6 +167,7 @@ class BlockStitcher:
 
     ``add`` returns the block a tile completed, normalised in place as a view of the work area:
     it stays valid until the next ``add`` (copy it to keep it), so handing out allocates nothing.
+    A grid of one tile needs no blending: its block is the tile's probabilities, cropped.
     """
 
     def __init__(
@@ -205,6 +206,8 @@ class BlockStitcher:
         if i >= len(g.ys) or (y, x) != (g.ys[i], g.xs[j]):
             raise ValueError(f"tile ({y}, {x}) arrives out of row-major order")
         self._next = (i, j + 1) if j + 1 < len(g.xs) else (i + 1, 0)
+        if len(g) == 1:  # the weight sum is the window itself: p * w / w is p
+            return 0, 0, probs[:, : g.height, : g.width]
         self._drop_handed_out()
         if j == 0:
             self.left = 0

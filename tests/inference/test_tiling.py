@@ -157,6 +157,18 @@ def test_block_is_normalised_in_place_and_valid_until_the_next_add():
         st_.add(0, 0, torch.zeros((1, grid.tile_h, grid.tile_w)))
 
 
+@pytest.mark.parametrize("blend", ["constant", "gaussian", "cosine"])
+def test_one_tile_grid_hands_back_the_tile_unblended_and_cropped(blend):
+    """p * w / w rounds away from p: with one tile there is nothing to blend, so the block is the
+    tile's own probabilities (what Predictor.probs_together gives packed small images)."""
+    grid = make_grid(57, 60, 64, 0.25, 8)
+    assert len(grid) == 1
+    probs = torch.rand((3, grid.tile_h, grid.tile_w), generator=torch.Generator().manual_seed(0))
+    row, col, block = BlockStitcher(grid, 3, blend).add(0, 0, probs)
+    assert (row, col) == (0, 0)
+    assert torch.equal(block, probs[:, :57, :60])
+
+
 def test_reflect_indices_match_numpy_pad():
     for n in (1, 2, 5, 17):
         data = np.arange(n)
