@@ -66,7 +66,9 @@ def segkit_child(args: argparse.Namespace) -> dict:
     predict_source(predictor, warm / "in", warm / "out", progress=False)  # one full batch
     shutil.rmtree(warm)
     start = time.perf_counter()
-    summary = predict_source(predictor, args.images, args.output, save=["index"], progress=False)
+    summary = predict_source(
+        predictor, args.images, args.output, save=["index"], workers=args.workers, progress=False
+    )
     _synchronize(predictor.backend)
     seconds = time.perf_counter() - start
     if summary.failures:
@@ -116,6 +118,7 @@ def run_child(tool: str, ns: argparse.Namespace, images: Path, output: Path, mod
     cmd += ["--image-dir", str(images), "--output", str(output)]
     cmd += ["--device", ns.device] if ns.device else []
     cmd += ["--batch-size", str(ns.batch_size)] if ns.batch_size else []
+    cmd += ["--workers", str(ns.workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -138,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="segkit's batch in full tiles (default: the device's, 8 on a GPU, 1 on a CPU); "
         "smaller images pack more per pass",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="segkit's decoding and writing threads (--workers)"
     )
     p.add_argument("--rounds", type=int, default=1, help="alternating pairs of fresh processes")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(
         f"\n{ns.images} images of {ns.size}x{ns.size}, Unet-{ns.encoder}, backend={ns.backend}, "
-        f"device={ns.device or 'auto'}, segkit images per pass={runs['segkit'][0]['images_per_pass']}"
+        f"device={ns.device or 'auto'}, segkit images per pass={runs['segkit'][0]['images_per_pass']}, "
+        f"workers={ns.workers}"
     )
     print(f"{'tool':>7} {'time s':>8} {'images/s':>9} {'peak RSS GB':>12}")
     for tool, rs in runs.items():

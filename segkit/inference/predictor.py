@@ -346,13 +346,18 @@ class Predictor:
             return None
         return BatchKey(grid.tile_h, grid.tile_w, image.dtype == np.uint8)
 
+    def pixels_per_pass(self) -> int:
+        """Pixels in one forward pass of ``batch_size`` full (stride-rounded) tiles."""
+        s = self.settings()
+        full = make_grid(s.tile, s.tile, s.tile, s.overlap, self.info.stride)
+        return s.batch_size * full.tile_h * full.tile_w
+
     def images_per_pass(self, key: BatchKey) -> int:
         """How many images with ``key`` share a forward pass: as many as fit in the pixels of
         ``batch_size`` full tiles (at batch 1 and tile 512: 4 images of 256², 16 of 128²), so a
         pass holds no more than a batch of full tiles does."""
-        s = self.settings()
-        full = make_grid(s.tile, s.tile, s.tile, s.overlap, self.info.stride)  # stride-rounded
-        return s.batch_size * max(1, (full.tile_h * full.tile_w) // (key.tile_h * key.tile_w))
+        per_tile = self.pixels_per_pass() // self.settings().batch_size
+        return self.settings().batch_size * max(1, per_tile // (key.tile_h * key.tile_w))
 
     def probs_together(self, images: Sequence[Image]) -> list[torch.Tensor]:
         """``(K, h, w)`` float32 probabilities, on the backend's device, of images with one

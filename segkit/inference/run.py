@@ -10,6 +10,7 @@ exactly one of them and rank 0 merges the manifests.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segkit.data.io import read_header
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError
 from segkit.inference.predictor import (
     BatchKey,
@@ -216,6 +218,11 @@ def run_items(
     )  # left by a killed run
     passes = len(_tta_transforms(predictor.settings().tta))
     workers = max(1, workers)
+    # Beyond one image per worker (and one more read ahead), images may wait decoded ahead of the
+    # model or written behind it only while they fit in two forward passes' pixels: a folder of
+    # small images is then decoded a pass ahead and written a pass behind while the model runs,
+    # and large ones (maybe gigapixels) are held a few at a time.
+    spare_pixels = 2 * predictor.pixels_per_pass()
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-read") as readers,
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-write") as writers,
@@ -224,15 +231,25 @@ def run_items(
         for _ in range(len(items) - len(todo)):
             bar.image()
         queue = iter(todo)
-        reads: deque[tuple[tuple[int, InputImage, Path], Future[Any]]] = deque()
+        reads: deque[tuple[tuple[int, InputImage, Path], Future[Any], float]] = deque()
         writes: deque[tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]] = deque()
+        next_up: tuple[tuple[int, InputImage, Path], float] | None = None  # probed, not read
 
-        def read_next() -> None:
-            nxt = next(queue, None)
-            if nxt is not None:
-                reads.append(
-                    (nxt, readers.submit(open_image, nxt[1].path, info.in_channels, max_pixels))
-                )
+        def read_ahead() -> None:
+            """Start decoding the next inputs, as many as ``spare_pixels`` allows."""
+            nonlocal next_up
+            while True:
+                if next_up is None:
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        return
+                    next_up = (nxt, _pixels(nxt[1].path, max_pixels))
+                (i, item, base), pixels = next_up
+                if len(reads) > workers and sum(r[2] for r in reads) + pixels > spare_pixels:
+                    return
+                next_up = None
+                future = readers.submit(open_image, item.path, info.in_channels, max_pixels)
+                reads.append(((i, item, base), future, pixels))
 
         def finish(entry: tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]) -> None:
             i, item, fut, meta = entry
@@ -281,7 +298,9 @@ def run_items(
             meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
             writes.append((job.index, job.item, writers.submit(writer.commit, overlay), meta))
             job.image = None  # free the pixels now, not when the next image has been decoded
-            while len(writes) > workers:
+            while len(writes) > workers and (
+                sum(w[3]["height"] * w[3]["width"] for w in writes) > spare_pixels
+            ):
                 finish(writes.popleft())
 
         def predict_group(group: list[_Job]) -> None:
@@ -298,11 +317,10 @@ def run_items(
 
         def decoded() -> Iterator[_Job]:
             """The images in input order, decoded ahead by the readers; failures are recorded."""
-            for _ in range(workers + 1):
-                read_next()
+            read_ahead()
             while reads:
-                (i, item, base), fut = reads.popleft()
-                read_next()
+                (i, item, base), fut, _ = reads.popleft()
+                read_ahead()
                 t0 = time.perf_counter()
                 try:
                     image = fut.result()
@@ -335,6 +353,16 @@ def run_items(
         while writes:
             finish(writes.popleft())
     return [r for r in records if r is not None]
+
+
+def _pixels(path: Path, max_pixels: int | None) -> float:
+    """The pixel count in ``path``'s header, read without decoding; infinite when it cannot be
+    read (the decoder then reports why)."""
+    try:
+        header = read_header(path, max_pixels)
+    except Exception:  # noqa: BLE001 - any problem is the decoder's to report
+        return math.inf
+    return float(header.height * header.width)
 
 
 def _free_port() -> int:

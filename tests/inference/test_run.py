@@ -221,6 +221,54 @@ def test_small_images_of_a_folder_share_forward_passes(bundle_path, tmp_path):
     assert manifest[str(src / "0.png")]["tiles"] == 1 and manifest[str(src / "6.png")]["tiles"] == 6
 
 
+def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
+    bundle_path, tmp_path, monkeypatch
+):
+    """While a forward pass of small images runs, the images of the next passes are already
+    handed to the decoders (else the model waits for them on a fast GPU); large images are read
+    at most one per worker, plus one, ahead, however many follow."""
+    import segkit.inference.run as run_module
+
+    probed: list[str] = []  # each input's header is read just before it is handed to a decoder
+
+    def counting_pixels(path, max_pixels):
+        probed.append(path.name)
+        return real_pixels(path, max_pixels)
+
+    real_pixels = run_module._pixels
+    monkeypatch.setattr(run_module, "_pixels", counting_pixels)
+
+    class Watching(CountingBackend):
+        probed_at_pass: list[int]
+
+        def __call__(self, tiles):
+            self.probed_at_pass.append(len(probed))
+            return super().__call__(tiles)
+
+    def run(sizes: list[tuple[int, int]], name: str) -> list[int]:
+        src = tmp_path / name
+        src.mkdir()
+        for n, (h, w) in enumerate(sizes):
+            Image.fromarray(shapes_image(h, w, seed=n)).save(src / f"{n:02d}.png")
+        probed.clear()
+        backend = Watching(Predictor.from_path(bundle_path, device="cpu").backend)
+        backend.probed_at_pass = []
+        predictor = Predictor(backend, batch_size=1)  # tile 64: four 32 x 32 images per pass
+        summary = predict_source(
+            predictor, src, tmp_path / f"{name}_out", workers=1, progress=False
+        )
+        assert summary.ok == len(sizes)
+        return backend.probed_at_pass
+
+    small = run([(32, 32)] * 24, "small")
+    # at the first pass its 4 images and the next two passes' 8 (two passes' pixels) are handed
+    # out (the header of one more may have been read); the old read-ahead had workers + 1 = 2
+    assert small[0] >= 12
+    big = run([(150, 100)] * 8, "big")  # 3 x 2 tiles each
+    # the image in the model, two handed out (workers + 1), maybe one more header read
+    assert max(n - i for i, n in enumerate(big[::6])) <= 4
+
+
 def test_a_failing_forward_pass_fails_the_images_in_it_and_the_run_goes_on(bundle_path, tmp_path):
     """A pass that raises (a GPU out of memory, say) fails exactly the images it held, each
     named with the reason; the images before and after are written."""
