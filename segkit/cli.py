@@ -119,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         help="shard the images over N processes/GPUs (torch.distributed)",
     )
     p.add_argument(
-        "--workers", type=int, default=2, help="background threads decoding and writing images"
+        "--workers",
+        type=int,
+        default=None,
+        help="background threads decoding and writing images (default: one per CPU, 2 to 8)",
     )
     p.add_argument(
         "--classes",

@@ -34,7 +34,9 @@ def folder(tmp_path):
 
 def test_folder_with_a_corrupt_file(bundle_path, folder, tmp_path):
     out = tmp_path / "out"
-    summary = predict_source(bundle_path, folder, out, save=["index", "color"], progress=False)
+    summary = predict_source(
+        bundle_path, folder, out, save=["index", "color"], device="cpu", progress=False
+    )  # the device of the API call below: a GPU's bf16 breaks this random net's near-ties apart
     assert summary.ok == 3 and len(summary.failures) == 1
     assert summary.failures[0].startswith(str(folder / "broken.png") + ": ")
     assert str(out) in summary.describe() and "1 failed" in summary.describe()
@@ -226,7 +228,7 @@ def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
 ):
     """While a forward pass of small images runs, the images of the next passes are already
     handed to the decoders (else the model waits for them on a fast GPU); large images are read
-    at most one per worker, plus one, ahead, however many follow."""
+    at most three ahead, however many workers decode and however many images follow."""
     import segkit.inference.run as run_module
 
     probed: list[str] = []  # each input's header is read just before it is handed to a decoder
@@ -245,7 +247,7 @@ def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
             self.probed_at_pass.append(len(probed))
             return super().__call__(tiles)
 
-    def run(sizes: list[tuple[int, int]], name: str) -> list[int]:
+    def run(sizes: list[tuple[int, int]], name: str, workers: int) -> list[int]:
         src = tmp_path / name
         src.mkdir()
         for n, (h, w) in enumerate(sizes):
@@ -255,18 +257,18 @@ def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
         backend.probed_at_pass = []
         predictor = Predictor(backend, batch_size=1)  # tile 64: four 32 x 32 images per pass
         summary = predict_source(
-            predictor, src, tmp_path / f"{name}_out", workers=1, progress=False
+            predictor, src, tmp_path / f"{name}_out", workers=workers, progress=False
         )
         assert summary.ok == len(sizes)
         return backend.probed_at_pass
 
-    small = run([(32, 32)] * 24, "small")
+    small = run([(32, 32)] * 24, "small", workers=1)
     # at the first pass its 4 images and the next two passes' 8 (two passes' pixels) are handed
     # out (the header of one more may have been read); the old read-ahead had workers + 1 = 2
     assert small[0] >= 12
-    big = run([(150, 100)] * 8, "big")  # 3 x 2 tiles each
-    # the image in the model, two handed out (workers + 1), maybe one more header read
-    assert max(n - i for i, n in enumerate(big[::6])) <= 4
+    big = run([(150, 100)] * 8, "big", workers=4)  # 3 x 2 tiles each
+    # the image in the model, three handed out, maybe one more header read (was workers + 1)
+    assert max(n - i for i, n in enumerate(big[::6])) == 5
 
 
 def test_a_failing_forward_pass_fails_the_images_in_it_and_the_run_goes_on(bundle_path, tmp_path):
