@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ from segkit.config import DataConfig, load_config
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.models.metrics import ConfusionMatrix, SegmentationMetrics
 from segkit.utils import atomic_write_text
-
-PREFETCH = 2  # images decoded ahead of the model
 
 
 def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
@@ -69,25 +66,6 @@ def _load_pair(
     return image, mask
 
 
-def _prefetched(
-    pairs: Sequence[tuple[Path, Path]], data: DataConfig
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Decode the next images in a background thread while the model runs on the current one."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
-        items = iter(pairs)
-        for pair in items:
-            pending.append(pool.submit(_load_pair, *pair, data))
-            if len(pending) > PREFETCH:
-                break
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                pending.append(pool.submit(_load_pair, *nxt, data))
-            yield result
-
-
 def evaluate_pairs(
     model_path: str | Path,
     pairs: Sequence[tuple[Path, Path]],
@@ -102,6 +80,7 @@ def evaluate_pairs(
 ) -> SegmentationMetrics:
     """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
     from segkit.inference.predictor import Predictor
+    from segkit.inference.readahead import default_workers, header_pixels, read_ahead
 
     model_path = Path(model_path)
     if not pairs:
@@ -127,7 +106,15 @@ def evaluate_pairs(
     masks: deque[np.ndarray] = deque()  # of the images predict_many has taken, not yet scored
 
     def images() -> Iterator[np.ndarray]:
-        for image, mask in _prefetched(pairs, data):
+        """The images, decoded ahead (readahead.py: a pass or two of small images)."""
+        for _, loaded in read_ahead(
+            pairs,
+            lambda pair: _load_pair(*pair, data),
+            lambda pair: header_pixels(pair[0], data.max_image_pixels),
+            workers=default_workers(),
+            spare_pixels=2 * predictor.pixels_per_pass(),
+        ):
+            image, mask = loaded.result()
             masks.append(mask)
             yield image
 

@@ -51,6 +51,9 @@ class EchoPredictor:
     def predict_many(self, images):
         return map(self.predict, images)
 
+    def pixels_per_pass(self) -> int:  # sizes evaluate's read-ahead
+        return 512 * 512
+
 
 def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, palette: bool) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ exactly one of them and rank 0 merges the manifests.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segkit.data.io import read_header
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError
 from segkit.inference.predictor import (
     BatchKey,
@@ -29,6 +27,7 @@ from segkit.inference.predictor import (
     _tta_transforms,
     consecutive_batches,
 )
+from segkit.inference.readahead import HELD, default_workers, header_pixels, read_ahead
 from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
@@ -218,39 +217,17 @@ def run_items(
     )  # left by a killed run
     passes = len(_tta_transforms(predictor.settings().tta))
     workers = max(1, workers if workers is not None else default_workers())
-    # Images wait decoded ahead of the model, or written behind it, a few at a time (up to
-    # ``held``, whatever their size: they may be gigapixels), and more only while they fit in two
-    # forward passes' pixels: a folder of small images is decoded a pass ahead and written a pass
-    # behind while the model runs, by all the workers.
-    held = min(workers, 2)
+    # Images wait decoded ahead of the model (readahead.py) or written behind it a few at a time,
+    # whatever their size, and more while they fit in two forward passes' pixels: a folder of
+    # small images is decoded a pass ahead and written a pass behind while the model runs.
     spare_pixels = 2 * predictor.pixels_per_pass()
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="segkit-read") as readers,
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-write") as writers,
         _Progress(progress, len(items)) as bar,
     ):
         for _ in range(len(items) - len(todo)):
             bar.image()
-        queue = iter(todo)
-        reads: deque[tuple[tuple[int, InputImage, Path], Future[Any], float]] = deque()
         writes: deque[tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]] = deque()
-        next_up: tuple[tuple[int, InputImage, Path], float] | None = None  # probed, not read
-
-        def read_ahead() -> None:
-            """Start decoding the next inputs, as many as ``spare_pixels`` allows."""
-            nonlocal next_up
-            while True:
-                if next_up is None:
-                    nxt = next(queue, None)
-                    if nxt is None:
-                        return
-                    next_up = (nxt, _pixels(nxt[1].path, max_pixels))
-                (i, item, base), pixels = next_up
-                if len(reads) > held and sum(r[2] for r in reads) + pixels > spare_pixels:
-                    return
-                next_up = None
-                future = readers.submit(open_image, item.path, info.in_channels, max_pixels)
-                reads.append(((i, item, base), future, pixels))
 
         def finish(entry: tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]) -> None:
             i, item, fut, meta = entry
@@ -299,7 +276,7 @@ def run_items(
             meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
             writes.append((job.index, job.item, writers.submit(writer.commit, overlay), meta))
             job.image = None  # free the pixels now, not when the next image has been decoded
-            while len(writes) > held and (
+            while len(writes) > HELD and (
                 sum(w[3]["height"] * w[3]["width"] for w in writes) > spare_pixels
             ):
                 finish(writes.popleft())
@@ -318,10 +295,13 @@ def run_items(
 
         def decoded() -> Iterator[_Job]:
             """The images in input order, decoded ahead by the readers; failures are recorded."""
-            read_ahead()
-            while reads:
-                (i, item, base), fut, _ = reads.popleft()
-                read_ahead()
+            for (i, item, base), fut in read_ahead(
+                todo,
+                lambda job: open_image(job[1].path, info.in_channels, max_pixels),
+                lambda job: header_pixels(job[1].path, max_pixels),
+                workers=workers,
+                spare_pixels=spare_pixels,
+            ):
                 t0 = time.perf_counter()
                 try:
                     image = fut.result()
@@ -354,23 +334,6 @@ def run_items(
         while writes:
             finish(writes.popleft())
     return [r for r in records if r is not None]
-
-
-def default_workers() -> int:
-    """Decoding and writing threads: one per CPU this process may use, 2 to 8. A fast GPU eats a
-    pass of eight 512² images in ~8 ms, which takes more than two threads to decode."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(2, min(8, cpus or 2))
-
-
-def _pixels(path: Path, max_pixels: int | None) -> float:
-    """The pixel count in ``path``'s header, read without decoding; infinite when it cannot be
-    read (the decoder then reports why)."""
-    try:
-        header = read_header(path, max_pixels)
-    except Exception:  # noqa: BLE001 - any problem is the decoder's to report
-        return math.inf
-    return float(header.height * header.width)
 
 
 def _free_port() -> int:

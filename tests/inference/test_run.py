@@ -13,6 +13,7 @@ from PIL import Image
 from segkit.cli import main
 from segkit.errors import DataError
 from segkit.inference.predictor import Predictor
+from segkit.inference.readahead import header_pixels
 from segkit.inference.run import predict_source
 from segkit.inference.sources import find_inputs, open_image
 from segkit.inference.writers import MANIFEST, read_manifest
@@ -235,10 +236,9 @@ def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
 
     def counting_pixels(path, max_pixels):
         probed.append(path.name)
-        return real_pixels(path, max_pixels)
+        return header_pixels(path, max_pixels)
 
-    real_pixels = run_module._pixels
-    monkeypatch.setattr(run_module, "_pixels", counting_pixels)
+    monkeypatch.setattr(run_module, "header_pixels", counting_pixels)
 
     class Watching(CountingBackend):
         probed_at_pass: list[int]
