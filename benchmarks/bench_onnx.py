@@ -4,7 +4,8 @@ The model is built and exported through segkit itself (``build_model`` -> ``save
 ``export_onnx``, which verifies the graph against torch), then the runtimes run the same
 network on the same 512x512 tiles at batch 1 and 4, with the same thread count (torch
 ``set_num_threads`` = onnxruntime ``intra_op_num_threads``, one inter-op thread each). torch runs
-twice: in the default NCHW layout and channels_last (what segkit's torch backend runs). Each
+three times: in the default NCHW layout, channels_last (what segkit's torch backend runs on a
+CPU), and channels_last with batch-norm folded into the convolutions (what it runs on a GPU). Each
 configuration is warmed up, then timed over ``--repeats`` alternating runs; medians are reported.
 
     python benchmarks/bench_onnx.py --repeats 5
@@ -80,6 +81,7 @@ def main() -> None:
     from segkit.bundle import save_bundle
     from segkit.config import load_config
     from segkit.export import export_onnx
+    from segkit.inference.torch_backend import fold_batch_norms
     from segkit.models.build import build_model
 
     threads = args.threads or torch.get_num_threads()
@@ -94,6 +96,9 @@ def main() -> None:
     )
     model = build_model(config.model, len(classes), 3).eval()
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model_folded = copy.deepcopy(model)
+    fold_batch_norms(model_folded)
+    model_folded = model_folded.to(memory_format=torch.channels_last)
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = save_bundle(Path(tmp) / "model.ckpt", config, model)
@@ -120,7 +125,7 @@ def main() -> None:
     print(f"export + verification: {export_s:.1f} s, max abs difference {diff:.2e}\n")
     header = (
         f"{'batch':>5}  {'torch img/s':>11}  {'torch NHWC img/s':>16}  {'onnxruntime img/s':>17}"
-        f"  {'ort/torch':>9}  {'ort/torch NHWC':>14}"
+        f"  {'NHWC folded img/s':>17}  {'ort/torch':>9}  {'ort/torch NHWC':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -137,15 +142,19 @@ def main() -> None:
             with torch.inference_mode():
                 return model_cl(x.contiguous(memory_format=torch.channels_last))
 
+        def run_torch_folded(x: torch.Tensor = x) -> object:
+            with torch.inference_mode():
+                return model_folded(x.contiguous(memory_format=torch.channels_last))
+
         def run_ort(feed: dict[str, np.ndarray] = feed) -> object:
             return session.run(None, feed)
 
-        t_torch, t_cl, t_ort = _time_alternating(
-            [run_torch, run_torch_cl, run_ort], args.warmup, args.repeats
+        t_torch, t_cl, t_ort, t_folded = _time_alternating(
+            [run_torch, run_torch_cl, run_ort, run_torch_folded], args.warmup, args.repeats
         )
         print(
             f"{batch:>5}  {batch / t_torch:>11.2f}  {batch / t_cl:>16.2f}  {batch / t_ort:>17.2f}"
-            f"  {t_torch / t_ort:>8.2f}x  {t_cl / t_ort:>13.2f}x"
+            f"  {batch / t_folded:>17.2f}  {t_torch / t_ort:>8.2f}x  {t_cl / t_ort:>13.2f}x"
         )
 
 
