@@ -371,6 +371,8 @@ def _shard_worker(
     )
     try:
         predictor = Predictor.from_path(model, device, **options)
+        if run_options["workers"] is None:  # the processes share the host's CPUs
+            run_options["workers"] = max(2, default_workers() // world)
         records = run_items(
             predictor,
             items[rank::world],
