@@ -1,0 +1,53 @@
+"""The benchmark scripts still run (the README's numbers come from them): each on a tiny input on
+the CPU, in a fresh process as a user would start it, with its results checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_folder_masks_equal_the_hand_written_loop(tmp_path):
+    out = tmp_path / "folder.json"
+    _run("bench_folder.py", "--images", "3", "--size", "64", "--device", "cpu",
+         "--encoder", "resnet18", "--json", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["agreement"] == 1.0  # fp32 on a CPU: the same masks, pixel for pixel
+    assert [r["images"] for r in result["runs"]["segkit"]] == [3]
+    assert len(result["ratios"]) == 1 and result["ratios"][0] > 0
+
+
+def test_bench_predict_measures_segkit_alone_without_the_network(tmp_path):
+    out = tmp_path / "predict.json"
+    _run("bench_predict.py", "--sizes", "256", "--device", "cpu", "--backend", "none",
+         "--tools", "segkit", "--repeats", "1", "--json", str(out))  # fmt: skip
+    [(size, segkit, monai)] = json.loads(out.read_text())["rows"]
+    assert size == 256 and segkit["tool"] == "segkit" and segkit["tiles"] == 1
+    assert segkit["seconds"] > 0 and segkit["peak_rss_gb"] > 0
+    assert "skipped" in monai  # --tools segkit
+
+
+def test_profile_predict_prints_runs_and_a_profile():
+    stdout = _run("profile_predict.py", "--size", "128", "--device", "cpu", "--backend", "none",
+                  "--runs", "2", "--rows", "3")  # fmt: skip
+    assert "128² on cpu, backend none: runs" in stdout
+    assert "Ordered by: internal time" in stdout
