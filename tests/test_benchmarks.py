@@ -51,3 +51,12 @@ def test_profile_predict_prints_runs_and_a_profile():
                   "--runs", "2", "--rows", "3")  # fmt: skip
     assert "128² on cpu, backend none: runs" in stdout
     assert "Ordered by: internal time" in stdout
+
+
+def test_bench_onnx_prints_a_row_per_batch_size():
+    stdout = _run("bench_onnx.py", "--size", "64", "--batch-sizes", "1", "2", "--repeats", "1",
+                  "--warmup", "1", "--encoder", "resnet18")  # fmt: skip
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(cell.rstrip("x")) > 0 for row in rows for cell in row[1:])
+    assert "max abs difference" in stdout  # the export was verified against torch
