@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         help="background threads decoding and writing images (default: one per CPU, 2 to 8)",
     )
     p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels (default: the model's data.max_image_pixels, 1e9 "
+        "unless set in training)",
+    )
+    p.add_argument(
         "--classes",
         nargs="+",
         default=None,
@@ -311,6 +318,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classes=args.classes,
         mean=args.mean,
         std=args.std,
+        max_pixels=args.max_pixels,
     )
     for failure in summary.failures:
         print(f"error: {failure}", file=sys.stderr)
@@ -405,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a write the command could not make: disk full, read-only, not a folder
+        if getattr(args, "debug", False):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

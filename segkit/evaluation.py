@@ -16,33 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from segkit.config import DataConfig, load_config
-from segkit.errors import ConfigError, DataError, ModelError
+from segkit.config import DataConfig
+from segkit.errors import DataError, ModelError
 from segkit.models.metrics import ConfusionMatrix, SegmentationMetrics
 from segkit.utils import atomic_write_text
 
 
 def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
-    """The data section the model was trained with: from the bundle, the ONNX metadata, or
-    (for an ONNX file without segkit metadata) index masks of the model's classes."""
-    bundle = getattr(predictor.backend, "bundle", None)
-    config = getattr(bundle, "config", None)
-    if config is not None:
-        return config.data
+    """The data section the model was trained with (the bundle's, or the config an ONNX export
+    carries), else, for an ONNX file without segkit metadata, index masks of its classes."""
     info = predictor.info
-    if model_path.suffix.lower() == ".onnx":
-        from segkit.export.onnx import read_onnx_metadata
-
-        stored = read_onnx_metadata(model_path).get("config")
-        if stored:
-            try:
-                return load_config(json.loads(stored)).data
-            except (ConfigError, ValueError) as e:
-                raise ModelError(f"{model_path}: the stored config is not valid: {e}") from None
-    if model_path.suffix.lower() != ".onnx":
-        from segkit.bundle import load_bundle
-
-        return load_bundle(model_path).config.data
+    if info.data is not None:
+        return info.data
     try:
         return DataConfig(
             classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels

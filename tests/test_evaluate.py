@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,13 +35,13 @@ class EchoPredictor:
 
     def __init__(self, path: Path) -> None:
         bundle = load_bundle(path)
-        self.backend = SimpleNamespace(bundle=bundle)
         self.info = ModelInfo(
             classes=bundle.classes,
             colors=bundle.colors,
             in_channels=3,
             mean=bundle.mean,
             std=bundle.std,
+            data=bundle.config.data,  # as the real backends' infos carry it
         )
 
     def predict(self, image: np.ndarray) -> np.ndarray:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from segkit.config import DataConfig, load_config
 from segkit.data.palette import default_colors
-from segkit.errors import ModelError
+from segkit.errors import ModelError, SegkitError
 from segkit.inference.backend import ModelInfo
 
 DEFAULT_STRIDE = 32
@@ -147,7 +148,17 @@ def onnx_model_info(
     except (ValueError, TypeError, KeyError) as e:
         raise ModelError(f"{name}: malformed segkit metadata: {first_line(e)}") from None
     info.extra = {k: v for k, v in meta.items() if k != "config"}
+    if meta.get("config"):
+        info.data = _stored_data_config(meta["config"], name)
     return info
+
+
+def _stored_data_config(text: str, name: str) -> DataConfig:
+    """The data section of the training config a segkit export carries."""
+    try:
+        return load_config(json.loads(text)).data
+    except (SegkitError, ValueError) as e:
+        raise ModelError(f"{name}: the stored training config is not valid: {e}") from None
 
 
 def _json(meta: dict[str, str], key: str) -> Any:

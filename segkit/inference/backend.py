@@ -8,6 +8,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from segkit.config import DataConfig
+
 
 @dataclass
 class ModelInfo:
@@ -26,10 +28,21 @@ class ModelInfo:
     batch_size: int | None = None  # None: default_batch_size(device)
     ignore_index: int = 255
     extra: dict[str, str] = field(default_factory=dict)
+    data: DataConfig | None = None
+    """The data section the model was trained with (bundle, or config stored in the ONNX file):
+    how ``segkit evaluate`` reads masks and how large an input may be; None for a foreign ONNX."""
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def max_image_pixels(self) -> int:
+        """Inputs with more pixels are refused (decompression-bomb guard): the training config's
+        ``data.max_image_pixels``, else that setting's default."""
+        if self.data is not None:
+            return self.data.max_image_pixels
+        return int(DataConfig.model_fields["max_image_pixels"].default)
 
 
 GPU_BATCH_SIZE = 8  # tiles per forward pass on a GPU: keeps it busy

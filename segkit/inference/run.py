@@ -180,8 +180,13 @@ def run_items(
     progress: bool = True,
     max_pixels: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Predict ``items`` into ``output``; returns one manifest record per item, in input order."""
+    """Predict ``items`` into ``output``; returns one manifest record per item, in input order.
+
+    Images with more than ``max_pixels`` pixels (default: the model's ``data.max_image_pixels``)
+    fail with that reason.
+    """
     info = predictor.info
+    max_pixels = max_pixels if max_pixels is not None else info.max_image_pixels
     k = info.num_classes
     records: list[dict[str, Any] | None] = [None] * len(items)
     owners: dict[Path, Path] = {}
@@ -439,6 +444,7 @@ def predict_source(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     progress: bool = True,
+    max_pixels: int | None = None,
 ) -> PredictSummary:
     """Predict every image of ``source`` (file, folder or glob) into ``output``; see the module doc.
 
@@ -457,6 +463,8 @@ def predict_source(
         raise ConfigError(f"--probs-dtype {probs_dtype}: choose from {', '.join(PROBS_DTYPES)}")
     if devices < 1:
         raise ConfigError(f"--devices must be >= 1, got {devices}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     items = find_inputs(source, exclude=output)
     options = {
         "tile": tile,
@@ -474,6 +482,7 @@ def predict_source(
         "skip_existing": skip_existing,
         "workers": workers,
         "progress": progress,
+        "max_pixels": max_pixels,
     }
     try:
         output.mkdir(parents=True, exist_ok=True)

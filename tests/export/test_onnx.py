@@ -92,6 +92,7 @@ def test_metadata_round_trip(trained_bundle, exported):
         4,
     )
     assert info.ignore_index == 255
+    assert info.data == bundle.config.data  # how `segkit evaluate` reads masks, the pixel limit
     assert onnx_model_info(meta).classes == CLASSES  # the metadata dict alone is enough
     # predict.batch_size: null is exported empty and leaves the choice to the device
     assert onnx_model_info({**meta, "batch_size": ""}).batch_size is None
@@ -107,6 +108,20 @@ def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
     assert p.settings().batch_size == CPU_BATCH_SIZE
     p.backend.network_device = torch.device("cuda")  # what a CUDAExecutionProvider session sets
     assert p.settings().batch_size == GPU_BATCH_SIZE
+
+
+def test_cpu_session_uses_torchs_thread_count(exported):
+    """`segkit predict --devices N` sets torch's threads per process; onnxruntime must follow,
+    else N sessions each start a thread per core."""
+    from segkit.inference.onnx_backend import OnnxBackend
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        backend = OnnxBackend.from_path(exported[0], device="cpu")
+        assert backend.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_predict_from_onnx_agrees_with_checkpoint(trained_bundle, exported, test_image):

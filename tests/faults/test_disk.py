@@ -155,3 +155,19 @@ def test_output_folder_that_cannot_be_created(bundle, src, tmp_path, capsys):
     assert error_lines(capsys.readouterr().err) == [
         f"error: cannot write {blocker / 'out'}: Not a directory"
     ]
+
+
+@pytest.mark.parametrize("command", ["export", "demo"])
+def test_any_command_reports_an_unwritable_path_in_one_line(command, bundle, src, tmp_path, capsys):
+    """An OSError outside predict's own handling (here: a file where a folder should be) is one
+    line naming the path, exit 1, no traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    if command == "export":
+        argv = ["export", str(bundle), "--output", str(blocker / "model.onnx")]
+    else:
+        argv = ["demo", "--output", str(blocker / "demo")]
+    assert main(argv) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(blocker) in lines[0]
+    assert "Traceback" not in lines[0]

@@ -35,12 +35,14 @@ def make_bundle(
     classes: list[str] | None = None,
     seed: int = 0,
     predict: dict | None = None,
+    data: dict | None = None,
 ) -> Path:
-    """A TINY_MODEL bundle (stride 8) with fixed-seed random weights."""
+    """A TINY_MODEL bundle (stride 8) with fixed-seed random weights; ``data`` adds data keys."""
     classes = classes or CLASSES
     cfg = load_config(
         {
-            "data": {"classes": classes, "in_channels": in_channels, "patch_size": 64},
+            "data": {"classes": classes, "in_channels": in_channels, "patch_size": 64}
+            | (data or {}),
             "model": TINY_MODEL,
             "predict": predict or {},
         }

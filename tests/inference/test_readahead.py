@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from segkit.inference.readahead import HELD, default_workers, read_ahead
@@ -47,9 +49,21 @@ def test_what_waits_ahead_is_bounded_by_pixels_beyond_a_few_items(size, ahead):
 
 
 def test_closing_early_cancels_what_has_not_started():
-    stream = read_ahead(range(100), lambda n: n, lambda n: 1.0, workers=1, spare_pixels=50.0)
-    next(stream)
-    stream.close()  # no hang, no error: unstarted loads are dropped
+    loaded: list[int] = []
+
+    def load(n: int) -> int:
+        time.sleep(0.02)  # one worker: the queued loads wait their turn
+        loaded.append(n)
+        return n
+
+    stream = read_ahead(range(100), load, lambda n: 1.0, workers=1, spare_pixels=50.0)
+    first, future = next(stream)  # ~50 loads queued behind item 0
+    assert (first, future.result()) == (0, 0)
+    stream.close()  # no hang, no error
+    done = len(loaded)
+    time.sleep(0.1)
+    assert len(loaded) == done  # nothing starts after the close
+    assert done < 10  # the queued loads were cancelled, not run
 
 
 def test_default_workers_is_between_2_and_8():
