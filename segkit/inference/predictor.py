@@ -224,6 +224,10 @@ class Predictor:
             raise ConfigError(f"unknown tta '{s.tta}' (allowed: {', '.join(TTA_MODES)})")
         return s
 
+    def passes_per_tile(self) -> int:
+        """Network runs per tile: one per TTA transform (1, 4 for flip, 8 for d4)."""
+        return len(_tta_transforms(self.settings().tta))
+
     def grid(
         self, height: int, width: int, tile: int | None = None, overlap: float | None = None
     ) -> TileGrid:

@@ -24,7 +24,6 @@ from segkit.errors import ConfigError, DataError, ModelError, SegkitError
 from segkit.inference.predictor import (
     BatchKey,
     Predictor,
-    _tta_transforms,
     consecutive_batches,
 )
 from segkit.inference.readahead import HELD, default_workers, header_pixels, read_ahead
@@ -220,7 +219,7 @@ def run_items(
     remove_stale_temporaries(
         list(owners), save, k, also=[output / MANIFEST]
     )  # left by a killed run
-    passes = len(_tta_transforms(predictor.settings().tta))
+    passes = predictor.passes_per_tile()
     workers = max(1, workers if workers is not None else default_workers())
     # Images wait decoded ahead of the model (readahead.py) or written behind it a few at a time,
     # whatever their size, and more while they fit in two forward passes' pixels: a folder of

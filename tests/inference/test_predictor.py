@@ -451,3 +451,8 @@ def test_smaller_images_pack_more_per_pass_within_a_batch_of_full_tiles(bundle_p
     assert counting.batches == [4, 1]
     for image, mask in zip(small, masks, strict=True):
         np.testing.assert_array_equal(mask, p.predict(image))
+
+
+def test_passes_per_tile_counts_the_tta_transforms(bundle_path):
+    p = Predictor.from_path(bundle_path, device="cpu")
+    assert [p.with_options(tta=t).passes_per_tile() for t in ("none", "flip", "d4")] == [1, 4, 8]
