@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and seeding."""
+"""Small shared helpers: atomic file writes and recognising their leftovers."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,10 +34,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+"""Read once at import: setting the umask to read it is process-wide, and writer threads create
+files concurrently."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -53,7 +58,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 _TEMPORARY = re.compile(
     r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?$"
-)  # mkstemp's 8 random chars
+)  # mkstemp's 8 random characters (tempfile's alphabet: a-z, 0-9, _) between prefix and suffix
 
 
 def temporary_target(path: str | Path) -> Path | None:
@@ -69,5 +74,4 @@ def temporary_target(path: str | Path) -> Path | None:
 
 def is_temporary_file(path: str | Path) -> bool:
     """True for the temporary files :func:`atomic_path` creates (skipped by folder scans)."""
-    name = Path(path).name
-    return name.startswith(".") and ".tmp" in name
+    return temporary_target(path) is not None

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from segkit.utils import atomic_path, atomic_write_text, is_temporary_file
+from segkit.utils import atomic_path, atomic_write_text, is_temporary_file, temporary_target
 
 
-def test_atomic_write_replaces_whole_and_uses_umask_permissions(tmp_path):
+def test_atomic_write_replaces_whole_and_uses_umask_permissions(tmp_path, monkeypatch):
+    import segkit.utils
+
+    monkeypatch.setattr(segkit.utils, "_UMASK", 0o027)  # the process's umask, read at import
     target = tmp_path / "out.txt"
     target.write_text("old")
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(target, "new")
-    finally:
-        os.umask(old)
+    atomic_write_text(target, "new")
     assert target.read_text() == "new"
-    assert target.stat().st_mode & 0o777 == 0o644
+    assert target.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_only_atomic_write_temporaries_count_as_temporary(tmp_path):
+    with atomic_path(tmp_path / "a.png") as tmp:
+        assert is_temporary_file(tmp)
+        assert temporary_target(tmp) == tmp_path / "a.png"
+    for name in (".notes.tmp", ".a.png", "a.tmp.png", ".a.abc.tmp.png"):
+        assert not is_temporary_file(tmp_path / name), name
 
 
 def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path):
