@@ -6,8 +6,10 @@ pydantic; unknown keys are collected into one error with close-match suggestions
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -27,6 +29,40 @@ TTA_MODES: tuple[str, ...] = get_args(TTA)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Suffixes that make an `encoder_weights` value a local file rather than a weight-set name.
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def is_weights_file(weights: str | None, base: Path | None = None) -> bool:
+    """True when ``encoder_weights`` names a local file rather than a weight set like 'imagenet'.
+
+    The one rule for both the config (which resolves such a path against the config's folder,
+    ``base``) and the model builder: a weights suffix, a folder separator, or an existing file.
+    """
+    if not weights:
+        return False
+    return (
+        weights.lower().endswith(WEIGHT_SUFFIXES)
+        or "/" in weights
+        or "\\" in weights
+        or ((base or Path()) / Path(weights).expanduser()).is_file()
+    )
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' — did you mean a, b?' with up to 3 close choices (case-insensitive), or ''."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)
+    return f" — did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
+
+
+def _is_colour(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    )
 
 
 class _Section(BaseModel):
@@ -104,6 +140,16 @@ class DataConfig(_Section):
         ge=1,
         description="Refuse images with more pixels than this (decompression-bomb guard).",
     )
+
+    @field_validator("palette", mode="before")
+    @classmethod
+    def _colours_in_range(cls, v: Any) -> Any:
+        # Checked here: a colour such as [300, 0, 0] otherwise fails much later (OverflowError).
+        if isinstance(v, dict):
+            bad = [f"{name}={colour!r}" for name, colour in v.items() if not _is_colour(colour)]
+            if bad:
+                raise ValueError(f"a colour is 3 integers 0-255 ([r, g, b]); bad: {', '.join(bad)}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -190,13 +236,54 @@ class ModelConfig(_Section):
         description="Extra keyword arguments for smp.create_model (e.g. decoder_channels).",
     )
 
+    # Names are checked against smp's own registries here, so a typo is a config error (exit 2)
+    # before any data is read; smp is imported only when a name is given (defaults are valid).
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        import segmentation_models_pytorch as smp
+
+        if v.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+            names = sorted(c.__name__ for c in smp.MODEL_ARCHITECTURES_MAPPING.values())
+            raise ValueError(
+                f"unknown architecture '{v}'{_did_you_mean(v, names)} (valid: {', '.join(names)})"
+            )
+        return v
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        import segmentation_models_pytorch as smp
+
+        if v.startswith("tu-"):
+            import timm
+
+            if not timm.is_model(v[3:]):
+                close = difflib.get_close_matches(
+                    v[3:].split(".")[0], timm.list_models(), n=3, cutoff=0.6
+                )
+                hint = f" — did you mean {', '.join('tu-' + c for c in close)}?" if close else ""
+                raise ValueError(
+                    f"unknown timm encoder '{v}'{hint} (any name from timm.list_models() prefixed with 'tu-')"
+                )
+            return v
+        names = smp.encoders.get_encoder_names()
+        if v not in names:
+            raise ValueError(
+                f"unknown encoder '{v}'{_did_you_mean(v, names)} "
+                f"(valid: {', '.join(sorted(names))}; or 'tu-<timm model name>')"
+            )
+        return v
+
 
 class LossConfig(_Section):
     """Weights of the smp losses summed into the training loss; 0 disables a term."""
 
     dice: float = Field(1.0, ge=0, description="Dice loss weight.")
     ce: float = Field(
-        1.0, ge=0, description="Cross-entropy weight (soft BCE for single-output binary models)."
+        1.0,
+        ge=0,
+        description="Cross-entropy weight (softmax over the class outputs; binary models have 2 outputs too).",
     )
     focal: float = Field(0.0, ge=0, description="Focal loss weight.")
     lovasz: float = Field(0.0, ge=0, description="Lovasz hinge/softmax weight.")
@@ -259,14 +346,18 @@ class TrainerConfig(BaseModel):
 class RunConfig(_Section):
     """Where a run writes and how it starts."""
 
-    dir: Path = Field(Path("runs"), description="Parent folder of runs.")
+    dir: Path = Field(
+        Path("runs"),
+        description="Parent folder of runs; a relative path is relative to the working directory.",
+    )
     name: str | None = Field(
         None,
         description="Run folder name; default: the config file stem (or 'run'), numbered if it exists.",
     )
     seed: int = Field(0, description="Seed for splits, augmentation and init.")
     resume: str | None = Field(
-        None, description="'last' resumes <run>/last.ckpt; or a checkpoint path."
+        None,
+        description="'last' resumes <run>/last.ckpt; or a checkpoint path (relative to the working directory).",
     )
     early_stopping_patience: int | None = Field(
         None,
@@ -337,59 +428,90 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         got = e.get("input")
         if e["type"] == "extra_forbidden":
             parts.append(_unknown_key_message(key))
-        elif isinstance(got, dict | list) or got is None or not key:
-            parts.append(f"{key or 'config'}: {msg}" if key else msg)
+        elif (
+            isinstance(got, dict | list)
+            or got is None
+            or not key
+            or (isinstance(got, str) and repr(got) in msg)
+        ):
+            parts.append(f"{key}: {msg}" if key else msg)
         else:
             parts.append(f"{key}: {msg} (got {got!r})")
     return f"{source}: " + "; ".join(parts)
 
 
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The config section an annotation holds: ``SplitConfig | None`` -> SplitConfig, else None."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _section_at(keys: Sequence[str]) -> type[BaseModel] | None:
+    """The config section at a dotted path (``["data", "train"]``); None for any other key."""
+    section: type[BaseModel] | None = SegkitConfig
+    for key in keys:
+        field = section.model_fields.get(key) if section is not None else None
+        section = _submodel(field.annotation) if field is not None else None
+    return section
+
+
+def _allowed_keys(section: type[BaseModel]) -> list[str]:
+    allowed = set(section.model_fields)
+    if section is TrainerConfig:
+        allowed |= set(_trainer_arguments())
+    return sorted(allowed)
+
+
 def _unknown_key_message(dotted: str) -> str:
     *parents, leaf = dotted.split(".")
-    section: Any = SegkitConfig
-    for p in parents:
-        field = section.model_fields.get(p) if isinstance(section, type) else None
-        ann = getattr(field, "annotation", None)
-        section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if section is None:
-            break
-    allowed = sorted(section.model_fields) if section is not None else []
-    if section is TrainerConfig:
-        allowed = sorted(set(allowed) | set(_trainer_arguments()))
+    section = _section_at(parents)
+    allowed = _allowed_keys(section) if section is not None else []
     close = difflib.get_close_matches(leaf, allowed, n=3)
     hint = f" — did you mean {', '.join('.'.join([*parents, c]) for c in close)}?" if close else ""
-    return f"unknown key '{dotted}'{hint} (allowed: {', '.join(allowed)})"
+    listing = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    return f"unknown key '{dotted}'{hint}{listing}"
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=[1,2]"]`` into a nested dict; values are parsed with ``yaml.safe_load``."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' is not KEY=VALUE (example: trainer.max_epochs=5)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = nested
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
-        node[leaf] = value
+        _apply_override(nested, item)
     return nested
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("palette", "kwargs"):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    """Set one ``KEY=VALUE`` (dotted key, YAML value) in ``data``, in place.
+
+    A dotted key reaches into any mapping, so ``data.palette.cell=[9,9,9]`` changes one colour and
+    keeps the others. A mapping given for a config section (``trainer={...}``) is merged into it;
+    any other value replaces what was there, so ``data.palette={...}`` replaces the whole palette.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' is not KEY=VALUE (example: trainer.max_epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    keys = key.strip().split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{'.'.join(keys[: i + 1])}' is not a section")
+    node[keys[-1]] = _merged(node.get(keys[-1]), value, keys)
+
+
+def _merged(old: Any, new: Any, keys: list[str]) -> Any:
+    """``new`` merged into ``old`` where both are mappings for a config section, else ``new``."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and _section_at(keys) is not None):
+        return new
+    return {**old, **{k: _merged(old.get(k), v, [*keys, k]) for k, v in new.items()}}
 
 
 def _check_unknown(data: dict[str, Any], source: str) -> None:
@@ -398,12 +520,13 @@ def _check_unknown(data: dict[str, Any], source: str) -> None:
         if section not in SegkitConfig.model_fields:
             unknown.append(section)
             continue
-        sub = SegkitConfig.model_fields[section].annotation
-        if isinstance(body, dict) and isinstance(sub, type):
-            allowed = set(sub.model_fields) | (
-                set(_trainer_arguments()) if sub is TrainerConfig else set()
-            )
-            unknown.extend(f"{section}.{key}" for key in body if key not in allowed)
+        sub = _section_at([section])
+        if isinstance(body, dict) and sub is not None:
+            # Lightning's Trainer arguments only for keys the section does not declare: importing
+            # lightning costs ~0.2 GB and seconds, and loading a bundle to predict never needs it.
+            extra = [key for key in body if key not in sub.model_fields]
+            allowed = set(_allowed_keys(sub)) if extra else set()
+            unknown.extend(f"{section}.{key}" for key in extra if key not in allowed)
     if unknown:
         raise ConfigError(f"{source}: " + "; ".join(_unknown_key_message(k) for k in unknown))
 
@@ -414,15 +537,18 @@ def load_config(
 ) -> SegkitConfig:
     """Build a validated config from defaults, an optional YAML file or dict, and overrides.
 
-    Relative data paths in a YAML file are resolved against the file's folder, so a config
-    works from any working directory.
+    Relative input paths in a YAML file (``data.*.images/masks``, a local
+    ``model.encoder_weights`` file) are resolved against the file's folder, so a config works
+    from any working directory. ``run.dir`` and ``run.resume`` name outputs of runs and stay
+    relative to the working directory (``segkit train configs/x.yaml`` writes to ``./runs``),
+    as do paths given as overrides.
     """
     name = "config"
     data: dict[str, Any] = {}
     if isinstance(source, SegkitConfig):
         data = source.to_dict()
     elif isinstance(source, dict):
-        data = dict(source)
+        data = copy.deepcopy(source)
     elif source is not None:
         path = Path(source)
         name = str(path)
@@ -439,8 +565,8 @@ def load_config(
                 f"{path}: expected a mapping of sections (data:, model:, ...), got {type(loaded).__name__}"
             )
         data = _resolve_paths(loaded, path.parent)
-    if overrides:
-        data = _deep_merge(data, parse_overrides(overrides))
+    for item in overrides or []:
+        _apply_override(data, item)
     _check_unknown(data, name)
     try:
         return SegkitConfig.model_validate(data)
@@ -462,11 +588,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
                 elif isinstance(body.get(key), str):
                     body[key] = str(Path(body[key]).expanduser())
     weights = (data.get("model") or {}).get("encoder_weights")
-    if (
-        isinstance(weights, str)
-        and weights not in ("imagenet",)
-        and ("/" in weights or weights.endswith((".pth", ".pt", ".safetensors", ".bin")))
-    ):
+    if isinstance(weights, str) and is_weights_file(weights, base):
         p = Path(weights).expanduser()
         data["model"]["encoder_weights"] = str(p if p.is_absolute() else (base / p).resolve())
     return data

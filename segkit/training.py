@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,12 @@ def _is_spawned_rank() -> bool:
 def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Path:
     """``run.dir / run.name`` (name defaults to the config file's stem or "run"), numbered
     ``-2``, ``-3`` ... when it exists — except when resuming, which continues in the named folder
-    (or in the folder of the checkpoint given to ``run.resume``)."""
+    (or in the folder of the checkpoint given to ``run.resume``).
+
+    Processes started together (``WORLD_SIZE`` > 1: torchrun, SLURM) cannot number without a
+    race, so they share ``run.dir / run.name`` and refuse it when it holds an earlier run's
+    checkpoints, which would otherwise be overwritten.
+    """
     run = config.run
     if os.environ.get(_RUN_DIR_ENV) and _is_spawned_rank():
         return Path(os.environ[_RUN_DIR_ENV])
@@ -166,8 +172,18 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
         ckpt = Path(run.resume).expanduser()
         if (ckpt.parent / "config.yaml").is_file():
             return ckpt.parent
-    if run.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return base  # resuming, or all ranks started at once (torchrun/SLURM): no numbering race
+    if run.resume:
+        return base
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        earlier = [f for f in ("last.ckpt", "best.ckpt") if (base / f).is_file()]
+        if earlier:
+            raise ConfigError(
+                f"{base}: holds {earlier[0]} from an earlier run; {world_size} processes cannot "
+                "pick a new numbered folder, so set run.name to a new name, or run.resume=last "
+                "to continue that run"
+            )
+        return base
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -261,6 +277,14 @@ def build_trainer(
     return trainer, checkpoint
 
 
+def _safe_load() -> dict[str, Any]:
+    """``weights_only=True`` for ``Trainer.fit`` where Lightning takes it (2.6+): the resumed
+    checkpoint is then never unpickled, whatever torch's own default (False before torch 2.6).
+    Older Lightning cannot be told; ``_resume_path`` has already opened the file with
+    ``weights_only=True`` (``load_bundle``), which refuses checkpoints carrying pickled code."""
+    return {"weights_only": True} if "weights_only" in signature(L.Trainer.fit).parameters else {}
+
+
 def _close_process_group() -> None:
     """Destroy the process group Lightning's DDP opened. Left to interpreter exit, gloo's worker
     threads can abort a finished run with SIGABRT ("terminate called without an active
@@ -315,7 +339,7 @@ def train(
         warnings.filterwarnings(
             "ignore", message=r"Experiment logs directory .* exists"
         )  # ResumableCSVLogger keeps them
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **_safe_load())
 
     last = run_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last

@@ -1,13 +1,12 @@
 """One door to a model: ``build_model`` turns a ModelConfig into an smp network.
 
-smp already maps architecture and encoder names to classes, so this module only validates the
-names (to give an error that lists the choices), resolves ``encoder_weights`` (a named smp/timm
-weight set, none, or a local file) and drops unset (``None``) keyword arguments.
+smp already maps architecture and encoder names to classes (ModelConfig checks the names when a
+config is loaded), so this module only resolves ``encoder_weights`` (a named smp/timm weight set,
+none, or a local file) and drops unset (``None``) keyword arguments.
 """
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,66 +15,11 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from segkit.config import ModelConfig
+from segkit.config import ModelConfig, is_weights_file
 from segkit.errors import ModelError
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 # Keys a classification checkpoint has but an encoder does not need.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head_drop.", "global_pool.")
-
-
-def architecture_names() -> list[str]:
-    """smp architecture names as users write them (``Unet``, ``FPN``, ...)."""
-    return sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
-
-
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    if not close:
-        close = difflib.get_close_matches(
-            name.lower(), [c.lower() for c in choices], n=3, cutoff=0.5
-        )
-    return f" — did you mean {', '.join(close)}?" if close else ""
-
-
-def _check_arch(arch: str) -> None:
-    if arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
-        names = architecture_names()
-        raise ModelError(
-            f"model.arch: unknown architecture '{arch}'{_suggest(arch, names)} (valid: {', '.join(names)})"
-        )
-
-
-def _check_encoder(encoder: str) -> None:
-    if encoder.startswith("tu-"):
-        import timm
-
-        if not timm.is_model(encoder[3:]):
-            base = encoder[3:].split(".")[0]
-            close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
-            hint = f" — did you mean {', '.join('tu-' + c for c in close)}?" if close else ""
-            raise ModelError(
-                f"model.encoder: unknown timm encoder '{encoder}'{hint} (any name from timm.list_models() prefixed with 'tu-')"
-            )
-        return
-    names = smp.encoders.get_encoder_names()
-    if encoder not in names:
-        raise ModelError(
-            f"model.encoder: unknown encoder '{encoder}'{_suggest(encoder, names)} "
-            f"(valid: {', '.join(sorted(names))}; or 'tu-<timm model name>')"
-        )
-
-
-def is_weights_file(weights: str | None) -> bool:
-    """True when ``encoder_weights`` names a local file rather than a weight set like 'imagenet'."""
-    if weights is None:
-        return False
-    return (
-        weights.lower().endswith(WEIGHT_SUFFIXES)
-        or "/" in weights
-        or "\\" in weights
-        or Path(weights).is_file()
-    )
 
 
 def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -84,8 +28,6 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
     Input ``(N, in_channels, H, W)`` float, output ``(N, num_classes, H, W)`` logits; H and W must
     be multiples of :func:`model_stride`.
     """
-    _check_arch(model.arch)
-    _check_encoder(model.encoder)
     weights = model.encoder_weights
     local = Path(weights).expanduser() if is_weights_file(weights) else None
     named: Any = None if local is not None else weights

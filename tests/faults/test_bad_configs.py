@@ -57,18 +57,31 @@ CASES = [
     ),
     (
         ["model.arch=Unett"],
-        1,
+        2,
         ["model.arch: unknown architecture 'Unett' — did you mean Unet", "(valid: "],
     ),
     (
         ["model.encoder=resnet343"],
-        1,
+        2,
         ["model.encoder: unknown encoder 'resnet343' — did you mean resnet34", "(valid: "],
     ),
     (
         ["model.encoder=tu-resnet10x"],
-        1,
+        2,
         ["model.encoder: unknown timm encoder 'tu-resnet10x' — did you mean tu-resnet10t"],
+    ),
+    (
+        ["data.palette={background: [300, 0, 0]}"],
+        2,
+        ["data.palette: a colour is 3 integers 0-255 ([r, g, b]); bad: background=[300, 0, 0]"],
+    ),
+    (
+        ["data.train.imagez=x"],
+        2,
+        [
+            "unknown key 'data.train.imagez' — did you mean data.train.images?",
+            "(allowed: images, masks)",
+        ],
     ),
     (
         ["data.classes=[background, circle]"],
