@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 from segkit.config import SegkitConfig
 from segkit.data.dataset import SegmentationDataset, find_pairs
@@ -43,6 +45,32 @@ def _reseed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def val_sampler(dataset: SegmentationDataset) -> Sampler | None:
+    """Under DDP, each validation image on exactly one process, else None (a plain loader).
+
+    Lightning's own DistributedSampler repeats images so that every process gets as many; the
+    summed confusion matrix would count those twice. Lightning leaves a DistributedSampler it is
+    given alone. Processes may then run one batch more or less: validation does no collective op
+    per batch (the matrix is reduced once at epoch end), but DDP syncs buffers on the first
+    forward, so every process needs one image; with fewer images, Lightning's sampler stays.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world = torch.distributed.get_world_size()
+    if world < 2:
+        return None
+    if len(dataset) < world:
+        warnings.warn(
+            f"{len(dataset)} validation image(s) for {world} processes: some are validated twice "
+            "and count twice in the validation metrics (add validation images or use fewer devices)",
+            stacklevel=2,
+        )
+        return None
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=world, rank=torch.distributed.get_rank(), shuffle=False
+    )
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -90,6 +118,7 @@ class SegmentationDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            sampler=None if train else val_sampler(dataset),
             drop_last=train and len(dataset) > batch_size,
             num_workers=data.num_workers,
             persistent_workers=data.num_workers > 0,
@@ -102,5 +131,5 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._dataloader("train")
 
     def val_dataloader(self) -> DataLoader:
-        """Whole validation images, one per batch (sizes differ)."""
+        """Whole validation images, one per batch (sizes differ); each counted once under DDP."""
         return self._dataloader("val")

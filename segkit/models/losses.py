@@ -31,8 +31,10 @@ class WeightedLoss(nn.Module):
     """``sum(weight * term(logits, target))`` over the enabled terms.
 
     ``logits`` is ``(N, K, H, W)`` float, ``target`` ``(N, H, W)`` int64 with ``ignore_index``
-    marking pixels to skip. A batch whose pixels are all ignored gives a zero loss that still
-    touches every logit (so DDP sees a gradient for every parameter) instead of cross-entropy's NaN.
+    (never a class index) marking pixels to skip. A batch whose pixels are all ignored gives a zero
+    loss with zero gradients that still touches every logit (so DDP sees a gradient for every
+    parameter) instead of cross-entropy's NaN. There is no Python branch on the data: a GPU would
+    otherwise stop and wait for the host at every step.
     """
 
     def __init__(self, terms: dict[str, tuple[float, nn.Module]], ignore_index: int) -> None:
@@ -40,19 +42,25 @@ class WeightedLoss(nn.Module):
         self.weights = {name: weight for name, (weight, _) in terms.items()}
         self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
         self.ignore_index = ignore_index
-        self.last_terms: dict[str, torch.Tensor] = {}  # detached per-term values, for logging
+        # This batch's detached term values, for logging.
+        self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target.long()
-        if not bool((target != self.ignore_index).any()):
-            return logits.sum() * 0.0
         logits = logits.float()  # losses in fp32 even under autocast
+        counted = (target != self.ignore_index).any()  # stays on the device
+        # An all-ignored batch gets one stand-in pixel of class 0, so that no term divides by zero
+        # (cross-entropy and focal would give NaN), and is then weighted by 0.
+        flat = target.reshape(-1).long().clone()
+        flat[0] = torch.where(counted, flat[0], 0)
+        target = flat.view(target.shape)
+        scale = counted.to(logits.dtype)
         total = logits.new_zeros(())
-        self.last_terms = {}
+        last_terms = {}
         for name, term in self.terms.items():
-            value = term(logits, target)
-            self.last_terms[name] = value.detach()
+            value = term(logits, target) * scale
+            last_terms[name] = value.detach()
             total = total + self.weights[name] * value
+        self.last_terms = last_terms
         return total
 
 

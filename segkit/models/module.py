@@ -113,6 +113,8 @@ class SegmentationModule(L.LightningModule):
         loss = self.loss(logits, masks)
         n = images.shape[0]
         train = stage == "train"
+        # Validation logs on_epoch only: a per-step sync_dist would deadlock DDP, whose processes
+        # may validate one image more or less (see segkit.data.datamodule.val_sampler).
         self.log(
             f"{stage}/loss",
             loss,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,27 @@ def test_each_problem_kind(
     assert any(w.startswith(str(images / "img_4.png")) and "alpha" in w for w in report.warnings)
     text = _text(report)
     assert "5 problem(s)" in text and "orphan.png" in text
+
+
+def test_signed_integer_image_is_a_problem_and_a_dataset_error(
+    pair_folders: tuple[Path, Path],
+) -> None:
+    import tifffile
+
+    from segkit.data.dataset import SegmentationDataset, find_pairs
+
+    images, masks = pair_folders
+    (images / "img_0.png").unlink()
+    tifffile.imwrite(images / "img_0.tif", np.zeros((40, 48), dtype=np.int16))
+    data = make_data_config(in_channels=1)
+    report = check_folders(images, masks, data)
+    assert [p for p in report.problems if "int16" in p] == [
+        f"{images / 'img_0.tif'}: pixels are signed integers (int16), which segkit does not read; "
+        "save the image as uint8 or uint16 (scaled to [0, 1] by 255 or 65535) or as float32 "
+        "(used as is: set data.mean and data.std to its per-band statistics)"
+    ]
+    with pytest.raises(DataError, match=rf"^{re.escape(str(images / 'img_0.tif'))}: .*int16"):
+        SegmentationDataset(find_pairs(images, masks), data)[0]
 
 
 def test_missing_and_empty_folders(tmp_path: Path) -> None:

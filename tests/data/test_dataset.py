@@ -121,6 +121,37 @@ def test_loaders(pair_folders: tuple[Path, Path]) -> None:
     assert len(list(small.train_dataloader())) == 1
 
 
+def _fake_process_group(monkeypatch: pytest.MonkeyPatch, world: int, rank: int) -> None:
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+
+
+def test_val_loader_under_ddp_gives_each_image_to_one_process(
+    pair_folders: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5 val images on 2 processes: 3 + 2, none repeated (Lightning's sampler would pad to 3 + 3)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    images, masks = pair_folders
+    dm = _module(images, masks, val_fraction=0.8)
+    dm.setup("fit")
+    assert len(dm.val_pairs) == 5
+    assert dm.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"  # no DDP
+    seen = []
+    for rank in (0, 1):
+        _fake_process_group(monkeypatch, world=2, rank=rank)
+        loader = dm.val_dataloader()
+        assert isinstance(loader.sampler, DistributedSampler)  # so Lightning keeps it
+        seen.append([batch["name"][0] for batch in loader])
+    assert [len(names) for names in seen] == [3, 2]
+    assert sorted(seen[0] + seen[1]) == sorted(image.stem for image, _ in dm.val_pairs)
+    assert dm.train_dataloader().sampler.__class__.__name__ == "RandomSampler"  # Lightning's job
+    _fake_process_group(monkeypatch, world=8, rank=0)
+    with pytest.warns(UserWarning, match="5 validation image.*8 processes"):
+        assert dm.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"
+
+
 def test_explicit_val_and_no_io_in_init(pair_folders: tuple[Path, Path], tmp_path: Path) -> None:
     images, masks = pair_folders
     config = make_config(

@@ -60,13 +60,27 @@ def test_weighted_sum_of_terms():
     assert set(combined.last_terms) == {"dice", "ce", "focal"}
 
 
+ALL_TERMS = LossConfig(**{t: 1.0 for t in TERMS})
+
+
+def test_every_term_together_equals_the_sum_of_the_plain_losses():
+    logits, target = _batch(3)
+    expected = sum(LOSS_FACTORIES[name](IGNORE)(logits, target) for name in TERMS)
+    torch.testing.assert_close(build_loss(ALL_TERMS, 3, IGNORE)(logits, target), expected)
+
+
 def test_all_ignored_batch_gives_zero_loss_with_a_gradient_path():
-    loss = build_loss(LossConfig(), num_classes=3, ignore_index=IGNORE)
+    loss = build_loss(ALL_TERMS, num_classes=3, ignore_index=IGNORE)
+    loss(*_batch(4))  # a normal batch first: its term values must not be logged again
     logits = torch.randn(1, 3, 8, 8, requires_grad=True)
     value = loss(logits, torch.full((1, 8, 8), IGNORE))
-    assert value.item() == 0.0
+    assert torch.isfinite(value) and value.item() == 0.0
     value.backward()  # DDP needs every parameter to take part in the graph
-    assert logits.grad is not None
+    assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+    assert set(loss.last_terms) == set(TERMS)
+    assert all(
+        v.item() == 0.0 for v in loss.last_terms.values()
+    )  # this batch's, not the last one's
 
 
 def test_loss_config_needs_a_term():
