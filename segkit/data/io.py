@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,12 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as PIL's "L" mode
 _alpha_warned = False
 _PIL_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+_PIL_GUARD_LOCK = threading.Lock()  # decoder threads set and restore PIL's global in turn
+_SIGNED_HINT = (
+    "pixels are signed integers ({dtype}), which segkit does not read; save the image as uint8 or "
+    "uint16 (scaled to [0, 1] by 255 or 65535) or as float32 (used as is: set data.mean and "
+    "data.std to its per-band statistics)"
+)
 
 
 class ImageHeader(NamedTuple):
@@ -99,7 +106,8 @@ def _check_pixels(path: Path, height: int, width: int, max_pixels: int | None) -
     if max_pixels is not None and height * width > max_pixels:
         raise DataError(
             f"{path}: image is {width}x{height} = {height * width} pixels, more than the limit of "
-            f"{max_pixels} (data.max_image_pixels; a guard against decompression bombs)"
+            f"{max_pixels} (data.max_image_pixels, or predict's --max-pixels; a guard against "
+            "decompression bombs)"
         )
 
 
@@ -111,19 +119,35 @@ def _png_bit_depth(head: bytes) -> tuple[int, int] | None:
 
 
 def _pil_open(path: Path, max_pixels: int | None) -> Image.Image:
-    # PIL's own bomb guard is global: each call sets it to its own limit (PIL's default when none),
-    # so PIL neither refuses images the user allowed nor lets a previous call's limit leak in.
-    Image.MAX_IMAGE_PIXELS = max_pixels if max_pixels is not None else _PIL_MAX_PIXELS
+    # PIL's own bomb guard is a module global. With a segkit limit, it is off while this header is
+    # read, so the limit is segkit's alone (checked below, with its message), neither PIL's default
+    # (~179 MP, which would refuse images the user allowed) nor twice ours; the caller's setting
+    # is restored afterwards. Without a limit, PIL's default applies.
+    with _PIL_GUARD_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is not None else _PIL_MAX_PIXELS
+        try:
+            im = _open_header(path)  # the header only: the size is checked before decoding
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     try:
-        im = Image.open(path)  # reads the header only: the size is checked before any decoding
+        _check_pixels(path, im.height, im.width, max_pixels)
+    except DataError:
+        im.close()
+        raise
+    return im
+
+
+def _open_header(path: Path) -> Image.Image:
+    """``Image.open`` with PIL's errors turned into one-line DataErrors naming ``path``."""
+    try:
+        return Image.open(path)
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         raise DataError(f"{path}: cannot read image header ({e})") from None
-    _check_pixels(path, im.height, im.width, max_pixels)
-    return im
 
 
 def _pil_load(path: Path, im: Image.Image) -> Image.Image:
@@ -276,38 +300,53 @@ def read_image(
     """An image as ``H x W x C`` in its native dtype (uint8, uint16 or float32).
 
     With ``in_channels``, gray is replicated to 3 channels and RGB is reduced to luminance for 1;
-    any other mismatch is a DataError. Alpha is dropped (with a one-time warning).
+    any other mismatch is a DataError. Alpha is dropped (with a one-time warning). Signed integer
+    pixels are refused here, so check-data reports them (see :func:`image_to_float`).
     """
     path = Path(path)
     array = _as_hwc(_read_native(path, max_pixels))
+    check_pixel_type(path, array.dtype)
     channels = array.shape[2]
     if in_channels is None or channels == in_channels:
         return np.ascontiguousarray(array)
     if channels == 1 and in_channels == 3:
         return np.ascontiguousarray(np.repeat(array, 3, axis=2))
     if channels == 3 and in_channels == 1:
-        luma = array.astype(np.float64) @ _LUMA
-        if np.issubdtype(array.dtype, np.integer):
-            luma = np.clip(np.rint(luma), np.iinfo(array.dtype).min, np.iinfo(array.dtype).max)
-        return luma.astype(array.dtype)[:, :, None]
+        return luminance(array)
     raise DataError(
         f"{path}: image has {channels} channels but data.in_channels is {in_channels} "
         "(set data.in_channels to match the images)"
     )
 
 
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """``H x W x 3+`` -> ``H x W x 1`` BT.601 luminance, as PIL's "L" (integers stay integers,
+    rounded): the one RGB-to-gray rule of reading and predicting."""
+    luma = rgb[..., :3].astype(np.float64) @ _LUMA
+    if np.issubdtype(rgb.dtype, np.integer):
+        info = np.iinfo(rgb.dtype)
+        luma = np.clip(np.rint(luma), info.min, info.max)
+    return luma.astype(rgb.dtype)[..., None]
+
+
+def check_pixel_type(path: str | Path, dtype: np.dtype) -> None:
+    """Refuse signed-integer pixels, naming the file (see :func:`image_to_float` for why)."""
+    if np.issubdtype(dtype, np.signedinteger):
+        raise DataError(f"{path}: {_SIGNED_HINT.format(dtype=np.dtype(dtype))}")
+
+
 def image_to_float(image: np.ndarray) -> np.ndarray:
-    """Scale an image to float32 in [0, 1] by its dtype's range (floats pass through)."""
+    """Scale an image to float32: unsigned integers to [0, 1] by their dtype's maximum, floats as
+    they are. Signed integers are refused: no scale fits both elevations and reflectances, and
+    treating them unlike uint16 would change a model's input with the file's dtype."""
     if np.issubdtype(image.dtype, np.floating):
         return image.astype(np.float32, copy=False)
     if image.dtype == np.bool_:
         return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.signedinteger):
+        raise DataError(f"image {_SIGNED_HINT.format(dtype=image.dtype)}")
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
-        if info.min < 0:
-            raise DataError(
-                f"signed integer images ({image.dtype}) are not supported; save them as uint8, uint16 or float"
-            )
         return (image.astype(np.float32) / np.float32(info.max)).astype(np.float32, copy=False)
     raise DataError(f"unsupported image dtype {image.dtype}")
 

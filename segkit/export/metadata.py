@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from segkit.config import DataConfig, load_config
+from segkit.config import DataConfig
 from segkit.data.palette import default_colors
-from segkit.errors import ModelError, SegkitError
+from segkit.errors import ModelError
 from segkit.inference.backend import ModelInfo
 
 DEFAULT_STRIDE = 32
@@ -154,10 +154,11 @@ def onnx_model_info(
 
 
 def _stored_data_config(text: str, name: str) -> DataConfig:
-    """The data section of the training config a segkit export carries."""
+    """The data section of the training config a segkit export carries (the data section alone:
+    validating the model section would import smp, which onnxruntime inference does not need)."""
     try:
-        return load_config(json.loads(text)).data
-    except (SegkitError, ValueError) as e:
+        return DataConfig.model_validate(json.loads(text)["data"])
+    except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{name}: the stored training config is not valid: {e}") from None
 
 

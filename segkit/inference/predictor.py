@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from segkit.config import TTA_MODES
-from segkit.data.io import image_to_float
+from segkit.data.io import image_to_float, luminance
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.tiff_windows import TiffWindows
@@ -67,22 +67,13 @@ def _tta_transforms(mode: str) -> list[_Transform]:
     raise ConfigError(f"unknown tta '{mode}' (allowed: {', '.join(TTA_MODES)})")
 
 
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luminance as PIL's "L" and ``read_image(path, in_channels=1)``: integers stay integers."""
-    luma = rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    if np.issubdtype(rgb.dtype, np.integer):
-        info = np.iinfo(rgb.dtype)
-        luma = np.clip(np.rint(luma), info.min, info.max)
-    return luma.astype(rgb.dtype)[..., None]
-
-
 def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
     """``H x W x C`` -> ``H x W x in_channels``: gray is repeated, alpha dropped, RGB made gray."""
     c = image.shape[2]
     if c == in_channels:
         return image
     if in_channels == 1 and c in (3, 4):
-        return _luminance(image)
+        return luminance(image)
     if in_channels == 1 and c == 2:  # gray + alpha
         return image[..., :1]
     if in_channels == 3 and c in (1, 2):

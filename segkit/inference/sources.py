@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.io import IMAGE_SUFFIXES, list_images, read_image
+from segkit.data.io import IMAGE_SUFFIXES, check_pixel_type, list_images, read_image
 from segkit.errors import DataError
 from segkit.inference.tiff_windows import TiffWindows
 from segkit.utils import is_temporary_file
@@ -108,10 +108,10 @@ def open_image(
     """``H x W [x C]`` pixels of ``path``: memory-mapped (uncompressed TIFF), read by windows
     (tiled or striped TIFF), else decoded once."""
     if path.suffix.lower() in (".tif", ".tiff"):
-        array = _tiff_memmap(path, max_pixels)
-        if array is not None:
-            return array
-        windows = TiffWindows.open(path, max_pixels)
-        if windows is not None:
-            return windows
+        lazy = _tiff_memmap(path, max_pixels)
+        if lazy is None:
+            lazy = TiffWindows.open(path, max_pixels)
+        if lazy is not None:
+            check_pixel_type(path, lazy.dtype)
+            return lazy
     return read_image(path, in_channels=in_channels, max_pixels=max_pixels)

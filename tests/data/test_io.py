@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -126,6 +127,20 @@ def test_decompression_bomb_guard(tmp_path: Path) -> None:
     assert read_image(png).shape == (100, 200, 1)  # a previous call's limit does not leak
 
 
+def test_the_limit_is_segkits_alone_and_pils_setting_is_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PIL refuses images over twice its global MAX_IMAGE_PIXELS (~179 MP by default) before
+    segkit sees them: with a segkit limit, that limit alone decides, in segkit's words, and the
+    global is left as the caller had it."""
+    png = save_png(tmp_path / "big.png", np.zeros((100, 200), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL alone would refuse 20000 pixels
+    assert read_image(png, max_pixels=10**9).shape == (100, 200, 1)
+    with pytest.raises(DataError, match=r"20000 pixels, more than the limit of 5000 "):
+        read_image(png, max_pixels=5000)  # > 2 x PIL's: PIL would have answered, with 2000
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
 def test_channel_mismatch_is_named(tmp_path: Path, rng: np.random.Generator) -> None:
     path = tmp_path / "bands.tif"
     tifffile.imwrite(
@@ -210,6 +225,22 @@ def test_float_tiff_passes_through(tmp_path: Path, rng: np.random.Generator) -> 
     image = read_image(tmp_path / "f.tif", in_channels=2)
     assert image.dtype == np.float32
     np.testing.assert_array_equal(image_to_float(image), data)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+def test_signed_integer_tiff_is_refused_naming_file_and_dtype(
+    tmp_path: Path, rng: np.random.Generator, dtype: type
+) -> None:
+    """Elevation-style data: refused when read (so check-data says it), not deep in training."""
+    path = tmp_path / "dem.tif"
+    tifffile.imwrite(path, rng.integers(-50, 3000, (10, 11)).astype(dtype))
+    name = np.dtype(dtype).name
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}: pixels are signed integers \({name}\).*float32"
+    ):
+        read_image(path, in_channels=1)
+    with pytest.raises(DataError, match=rf"signed integers \({name}\)"):
+        image_to_float(np.zeros((2, 2, 1), dtype=dtype))
 
 
 def test_multiband_planar_tiff_is_hwc(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -76,7 +76,8 @@ BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "decompression-bomb": (
         lambda p: p.write_bytes(bomb_png()),
-        "refused as a possible decompression bomb",
+        "image is 100000x100000 = 10000000000 pixels, more than the limit of 1000000000 "
+        "(data.max_image_pixels, or predict's --max-pixels; a guard against decompression bombs)",
     ),
 }
 
@@ -149,9 +150,9 @@ def test_bomb_is_refused_from_the_header_in_training_too(tmp_path, capsys):
     save_png(masks / "bomb.png", np.zeros((64, 64), np.uint8))
     assert main(_check_data(images, masks, "data.max_image_pixels=5000")) == 1
     err = capsys.readouterr().err
-    # PIL's own guard (set to data.max_image_pixels for the call) fires first, from the header alone
+    # segkit's limit alone decides (PIL's guard is off while the header is read), from the header
     assert (
-        f"error: {images / 'bomb.png'}: refused as a possible decompression bomb (Image size ({BIG * BIG} pixels) exceeds limit"
+        f"error: {images / 'bomb.png'}: image is {BIG}x{BIG} = {BIG * BIG} pixels, more than the limit of 5000"
         in err
     )
     # the same limit refuses ordinary images that are bigger than the user allows

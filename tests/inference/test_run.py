@@ -18,7 +18,7 @@ from segkit.inference.run import predict_source
 from segkit.inference.sources import find_inputs, open_image
 from segkit.inference.writers import MANIFEST, read_manifest
 
-from .conftest import CountingBackend, shapes_image
+from .conftest import CountingBackend, make_bundle, shapes_image
 
 
 @pytest.fixture
@@ -297,3 +297,50 @@ def test_a_failing_forward_pass_fails_the_images_in_it_and_the_run_goes_on(bundl
         assert not (out / name).exists()
     assert all((out / f"{n}.png").is_file() for n in (0, 3, 4))
     assert not [p for p in out.rglob(".*")]  # no temporaries left
+
+
+def test_the_pixel_limit_is_the_models_and_can_be_set(tmp_path, folder, capsys):
+    """``data.max_image_pixels`` of training guards predict too (and travels in the ONNX file);
+    ``--max-pixels`` overrides it. a.png is 70 x 90 = 6300 pixels."""
+    from segkit.export.onnx import export_onnx
+
+    strict = make_bundle(tmp_path / "strict.ckpt", data={"max_image_pixels": 2000})
+    onnx_path = tmp_path / "strict.onnx"
+    export_onnx(strict, onnx_path)
+    assert Predictor.from_path(onnx_path).info.max_image_pixels == 2000
+    image = folder / "a.png"
+    for model in (strict, onnx_path):
+        summary = predict_source(model, image, tmp_path / f"out_{model.suffix}", progress=False)
+        assert summary.ok == 0 and len(summary.failures) == 1
+        assert summary.failures[0].startswith(f"{image}: ") and "2000" in summary.failures[0]
+    code = main(["predict", str(strict), str(image), "-o", str(tmp_path / "o1")])
+    assert code == 1 and not (tmp_path / "o1" / "a.png").exists()
+    assert "more than the limit of 2000" in capsys.readouterr().err
+    code = main(
+        ["predict", str(strict), str(image), "-o", str(tmp_path / "o2"), "--max-pixels", "6300"]
+    )
+    assert code == 0 and (tmp_path / "o2" / "a.png").is_file()
+    code = main(
+        ["predict", str(strict), str(image), "-o", str(tmp_path / "o3"), "--max-pixels", "6299"]
+    )
+    assert code == 1 and "6299" in capsys.readouterr().err
+
+
+def test_images_beyond_pils_own_limit_are_predicted(bundle_path, folder, tmp_path, monkeypatch):
+    """PIL refuses images over twice its MAX_IMAGE_PIXELS (~179 MP) as decompression bombs;
+    predict applies the model's limit instead (1e9 by default), so large PNGs are not refused."""
+    import segkit.data.io
+
+    monkeypatch.setattr(segkit.data.io, "_PIL_MAX_PIXELS", 1000)  # a tiny stand-in for PIL's
+    summary = predict_source(bundle_path, folder / "a.png", tmp_path / "out", progress=False)
+    assert summary.ok == 1 and not summary.failures
+
+
+def test_a_signed_integer_tiff_fails_that_image_naming_it(bundle_path, folder, tmp_path):
+    """Memory-mapped and windowed TIFFs skip read_image: they are checked where they are opened."""
+    bad = folder / "signed.tif"
+    tifffile.imwrite(bad, np.zeros((40, 40), dtype=np.int16))
+    summary = predict_source(bundle_path, folder, tmp_path / "out", progress=False)
+    assert summary.ok == 3
+    failures = {f.split(": ")[0]: f for f in summary.failures}
+    assert "pixels are signed integers (int16)" in failures[str(bad)]
