@@ -172,10 +172,9 @@ class Predictor:
                 raise ConfigError(
                     f"{path}: {', '.join(sorted(facts))} only apply to .onnx models; a checkpoint carries its own"
                 )
-            from segkit.bundle import load_bundle
             from segkit.inference.torch_backend import TorchBackend
 
-            backend = TorchBackend(load_bundle(path), device)
+            backend = TorchBackend.from_path(path, device)
         return cls(backend, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size)
 
     def with_options(self, **options: Any) -> Predictor:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from segkit.bundle import Bundle
+from segkit.bundle import Bundle, load_bundle
 from segkit.errors import ModelError
 from segkit.inference.backend import ModelInfo
 
@@ -126,10 +127,8 @@ class TorchBackend:
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     @classmethod
-    def from_path(cls, path: str, device: str | torch.device | None = None) -> TorchBackend:
+    def from_path(cls, path: str | Path, device: str | torch.device | None = None) -> TorchBackend:
         """Load a segkit ``.ckpt`` bundle (safely, ``weights_only=True``)."""
-        from segkit.bundle import load_bundle
-
         return cls(load_bundle(path), device)
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
