@@ -154,13 +154,23 @@ def _is_spawned_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def _launched_processes() -> int:
+    """How many processes torchrun (``WORLD_SIZE``) or SLURM's ``srun`` (``SLURM_NTASKS``, as
+    Lightning detects it) started together; 1 for a plain start, whose DDP workers Lightning
+    spawns later."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return int(os.environ["SLURM_NTASKS"])
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Path:
     """``run.dir / run.name`` (name defaults to the config file's stem or "run"), numbered
     ``-2``, ``-3`` ... when it exists — except when resuming, which continues in the named folder
     (or in the folder of the checkpoint given to ``run.resume``).
 
-    Processes started together (``WORLD_SIZE`` > 1: torchrun, SLURM) cannot number without a
-    race, so they share ``run.dir / run.name`` and refuse it when it holds an earlier run's
+    Processes started together (torchrun, SLURM's srun) cannot number without a race, so they share ``run.dir / run.name`` and refuse it when it holds an earlier run's
     checkpoints, which would otherwise be overwritten.
     """
     run = config.run
@@ -174,7 +184,7 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
             return ckpt.parent
     if run.resume:
         return base
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _launched_processes()
     if world_size > 1:
         earlier = [f for f in ("last.ckpt", "best.ckpt") if (base / f).is_file()]
         if earlier:

@@ -1,4 +1,4 @@
-"""Run folders of processes started together (WORLD_SIZE > 1), and the safe resume load.
+"""Run folders of processes started together (torchrun, srun), and the safe resume load.
 
 The world size is simulated through the environment: nothing here starts DDP.
 """
@@ -13,12 +13,19 @@ from segkit.config import load_config
 from segkit.errors import ConfigError
 from segkit.training import _safe_load, resolve_run_dir
 
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "SEGKIT_RUN_DIR", "SLURM_NTASKS", "SLURM_JOB_NAME")
 
-@pytest.fixture
-def world_of_two(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for name in ("LOCAL_RANK", "NODE_RANK", "SEGKIT_RUN_DIR"):
+
+@pytest.fixture(params=["torchrun", "srun"])
+def world_of_two(request, monkeypatch):
+    """Two processes started together, as torchrun or SLURM's srun tell them."""
+    for name in (*LAUNCHER_VARIABLES, "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
+    if request.param == "torchrun":
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    else:  # srun sets no WORLD_SIZE
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_JOB_NAME", "train")
 
 
 def test_ranks_share_the_named_folder_when_it_holds_no_run(tmp_path, world_of_two):
@@ -44,6 +51,8 @@ def test_ranks_refuse_a_folder_holding_an_earlier_run(tmp_path, world_of_two, ck
 
 
 def test_single_process_still_numbers(tmp_path, monkeypatch):
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "last.ckpt").write_bytes(b"x")
