@@ -4,14 +4,11 @@ Decoding runs ahead of the model and encoding/writing runs behind it, each in ba
 so the model is never idle on I/O. Consecutive images that each fit one tile of the same shape
 share forward passes (as many as fit in ``batch_size`` full tiles), so small images fill them.
 A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
-sharded over processes (torch.distributed, gloo on CPU, nccl on CUDA), each image is written by
-exactly one of them and rank 0 merges the manifests.
+sharded over processes (:mod:`segkit.inference.sharding`).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +32,6 @@ from segkit.inference.writers import (
     OutputWriter,
     output_path,
     outputs_exist,
-    read_manifest,
     remove_stale_temporaries,
     write_manifest,
 )
@@ -167,6 +163,10 @@ class _Progress:
             self._bar.advance(self._tiles, n)
 
 
+_Write = tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]
+"""A commit under way: (record index, input, the writer's future, what the record needs)."""
+
+
 def run_items(
     predictor: Predictor,
     items: Sequence[InputImage],
@@ -184,243 +184,192 @@ def run_items(
     Images with more than ``max_pixels`` pixels (default: the model's ``data.max_image_pixels``)
     fail with that reason.
     """
-    info = predictor.info
-    max_pixels = max_pixels if max_pixels is not None else info.max_image_pixels
-    k = info.num_classes
-    records: list[dict[str, Any] | None] = [None] * len(items)
-    owners: dict[Path, Path] = {}
-    todo: list[tuple[int, InputImage, Path]] = []
-    for i, item in enumerate(items):
-        base = output / item.rel.parent / item.rel.stem
-        clash = [
-            output_path(base, kind, k)
-            for kind in save
-            if output_path(base, kind, k).resolve() == item.path.resolve()
-        ]
-        if base in owners:
-            records[i] = _record(
-                item,
-                "failed",
-                error=f"its outputs would overwrite those of {owners[base]} (same name)",
-            )
-        elif clash:
-            records[i] = _record(
-                item,
-                "failed",
-                error=f"writing {clash[0]} would overwrite the input; choose another --output",
-            )
-        elif skip_existing and outputs_exist(base, save, k):
-            records[i] = _record(item, "skipped")
-            owners[base] = item.path
-        else:
-            owners[base] = item.path
-            todo.append((i, item, base))
-
-    remove_stale_temporaries(
-        list(owners), save, k, also=[output / MANIFEST]
-    )  # left by a killed run
-    passes = predictor.passes_per_tile()
+    records, todo = _plan(items, output, save, predictor.info.num_classes, skip_existing)
     workers = max(1, workers if workers is not None else default_workers())
-    # Images wait decoded ahead of the model (readahead.py) or written behind it a few at a time,
-    # whatever their size, and more while they fit in two forward passes' pixels: a folder of
-    # small images is decoded a pass ahead and written a pass behind while the model runs.
-    spare_pixels = 2 * predictor.pixels_per_pass()
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-write") as writers,
         _Progress(progress, len(items)) as bar,
     ):
         for _ in range(len(items) - len(todo)):
             bar.image()
-        writes: deque[tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]] = deque()
-
-        def finish(entry: tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]) -> None:
-            i, item, fut, meta = entry
-            try:
-                outputs = fut.result()
-                records[i] = _record(
-                    item,
-                    "ok",
-                    outputs=outputs,
-                    seconds=time.perf_counter() - meta.pop("t0"),
-                    **meta,
-                )
-            except (SegkitError, OSError) as e:
-                records[i] = _record(
-                    item,
-                    "failed",
-                    error=_reason(e, item.path),
-                    height=meta["height"],
-                    width=meta["width"],
-                )
-            bar.image()
-
-        def fail(job: _Job, e: BaseException) -> None:
-            h, w = job.image.shape[:2]
-            records[job.index] = _record(
-                job.item, "failed", error=_reason(e, job.item.path), height=h, width=w
-            )
-            job.image = None  # free the pixels now, not when the next image has been decoded
-            bar.image()
-
-        def write(job: _Job, blocks: Iterable[tuple[int, int, Any]]) -> None:
-            """Hand one image's probability blocks to its writer; the commit runs in the background."""
-            h, w = job.image.shape[:2]
-            try:
-                writer = OutputWriter(job.base, save, info, h, w, probs_dtype).__enter__()
-                try:
-                    for row, col, block in blocks:
-                        writer.add_block(row, col, block)
-                except BaseException:
-                    writer.abort()
-                    raise
-            except (SegkitError, RuntimeError, MemoryError) as e:
-                fail(job, e)
-                return
-            overlay = job.image if "overlay" in save else None
-            meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
-            writes.append((job.index, job.item, writers.submit(writer.commit, overlay), meta))
-            job.image = None  # free the pixels now, not when the next image has been decoded
-            while len(writes) > HELD and (
-                sum(w[3]["height"] * w[3]["width"] for w in writes) > spare_pixels
-            ):
-                finish(writes.popleft())
-
-        def predict_group(group: list[_Job]) -> None:
-            """Images that each fit one tile of the same shape: one forward pass for all."""
-            try:
-                probs = predictor.probs_together([job.image for job in group])
-            except (SegkitError, RuntimeError, MemoryError) as e:
-                for job in group:
-                    fail(job, e)
-                return
-            bar.tiles(len(group) * passes)
-            for job, p in zip(group, probs, strict=True):
-                write(job, [(0, 0, p)])
-
-        def decoded() -> Iterator[_Job]:
-            """The images in input order, decoded ahead by the readers; failures are recorded."""
-            for (i, item, base), fut in read_ahead(
-                todo,
-                lambda job: open_image(job[1].path, info.in_channels, max_pixels),
-                lambda job: header_pixels(job[1].path, max_pixels),
-                workers=workers,
-                spare_pixels=spare_pixels,
-            ):
-                t0 = time.perf_counter()
-                try:
-                    image = fut.result()
-                except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
-                    records[i] = _record(item, "failed", error=_reason(e, item.path))
-                    bar.image()
-                    continue
-                job = _Job(i, item, base, image, t0)
-                del image
-                try:
-                    job.tiles = len(predictor.grid(*job.image.shape[:2])) * passes
-                    job.key = predictor.batch_key(job.image)
-                except SegkitError as e:
-                    fail(job, e)
-                    continue
-                bar.plan_tiles(job.tiles)
-                yield job
-
-        for group in consecutive_batches(decoded(), lambda job: job.key, predictor.images_per_pass):
-            if group[0].key is not None:
-                predict_group(group)
-                continue
-            blocks = predictor.iter_blocks(
-                group[0].image,
-                on_tiles=lambda n: bar.tiles(n * passes),
-                as_tensor=True,
-                copy=False,  # add_block uses each block at once
-            )
-            write(group[0], blocks)
-        while writes:
-            finish(writes.popleft())
+        run = _ImageRun(predictor, records, bar, writers, workers, save, probs_dtype)
+        run.predict(todo, max_pixels if max_pixels is not None else predictor.info.max_image_pixels)
     return [r for r in records if r is not None]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _shard_worker(
-    rank: int,
-    world: int,
-    port: int,
-    model: str,
-    items: list[InputImage],
+def _plan(
+    items: Sequence[InputImage],
     output: Path,
-    device: str | None,
-    options: dict[str, Any],
-    run_options: dict[str, Any],
-) -> None:
-    """One process of a ``devices > 1`` run: its shard of the images, then gather to rank 0."""
-    import torch
-    import torch.distributed as dist
+    save: Sequence[str],
+    num_classes: int,
+    skip_existing: bool,
+) -> tuple[list[dict[str, Any] | None], list[tuple[int, InputImage, Path]]]:
+    """Records of the items that will not run (name clashes, finished with ``skip_existing``) and
+    ``(index, item, output stem)`` of the rest; removes what a killed run left of their outputs."""
+    records: list[dict[str, Any] | None] = [None] * len(items)
+    owners: dict[Path, Path] = {}
+    todo: list[tuple[int, InputImage, Path]] = []
+    for i, item in enumerate(items):
+        base = output / item.rel.parent / item.rel.stem
+        clash = [
+            output_path(base, kind, num_classes)
+            for kind in save
+            if output_path(base, kind, num_classes).resolve() == item.path.resolve()
+        ]
+        if base in owners:
+            error = f"its outputs would overwrite those of {owners[base]} (same name)"
+            records[i] = _record(item, "failed", error=error)
+        elif clash:
+            error = f"writing {clash[0]} would overwrite the input; choose another --output"
+            records[i] = _record(item, "failed", error=error)
+        elif skip_existing and outputs_exist(base, save, num_classes):
+            records[i] = _record(item, "skipped")
+            owners[base] = item.path
+        else:
+            owners[base] = item.path
+            todo.append((i, item, base))
+    remove_stale_temporaries(list(owners), save, num_classes, also=[output / MANIFEST])
+    return records, todo
 
-    cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if cuda:
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-        device = f"cuda:{rank % torch.cuda.device_count()}"
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    dist.init_process_group(
-        "nccl" if cuda else "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-    )
-    try:
-        predictor = Predictor.from_path(model, device, **options)
-        if run_options["workers"] is None:  # the processes share the host's CPUs
-            run_options["workers"] = max(2, default_workers() // world)
-        records = run_items(
-            predictor,
-            items[rank::world],
-            output,
-            progress=run_options.pop("progress") and rank == 0,
-            **run_options,
+
+class _ImageRun:
+    """The images of one run through the model, in this thread; decoding runs ahead and writing
+    behind it in worker threads. Each image ends as a record: ok, or failed with the reason.
+
+    Images wait decoded ahead of the model (readahead.py) or written behind it a few at a time,
+    whatever their size, and more while they fit in two forward passes' pixels: a folder of
+    small images is decoded a pass ahead and written a pass behind while the model runs.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        records: list[dict[str, Any] | None],
+        bar: _Progress,
+        writers: ThreadPoolExecutor,
+        workers: int,
+        save: Sequence[str],
+        probs_dtype: str,
+    ) -> None:
+        self.predictor, self.records, self.bar = predictor, records, bar
+        self.writers, self.workers = writers, workers
+        self.save, self.probs_dtype = save, probs_dtype
+        self.passes = predictor.passes_per_tile()
+        self.spare_pixels = 2 * predictor.pixels_per_pass()
+        self.writes: deque[_Write] = deque()
+
+    def predict(self, todo: list[tuple[int, InputImage, Path]], max_pixels: int) -> None:
+        """Every image of ``todo``: small ones of one shape share passes, others go alone."""
+        decoded = self._decoded(todo, max_pixels)
+        for group in consecutive_batches(
+            decoded, lambda job: job.key, self.predictor.images_per_pass
+        ):
+            if group[0].key is not None:
+                self._predict_group(group)
+            else:
+                self._predict_alone(group[0])
+        while self.writes:
+            self._finish(self.writes.popleft())
+
+    def _decoded(self, todo: list[tuple[int, InputImage, Path]], max_pixels: int) -> Iterator[_Job]:
+        """The images in input order, decoded ahead by the readers; failures are recorded."""
+        in_channels = self.predictor.info.in_channels
+        for (i, item, base), fut in read_ahead(
+            todo,
+            lambda job: open_image(job[1].path, in_channels, max_pixels),
+            lambda job: header_pixels(job[1].path, max_pixels),
+            workers=self.workers,
+            spare_pixels=self.spare_pixels,
+        ):
+            t0 = time.perf_counter()
+            try:
+                image = fut.result()
+            except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
+                self.records[i] = _record(item, "failed", error=_reason(e, item.path))
+                self.bar.image()
+                continue
+            job = _Job(i, item, base, image, t0)
+            del image
+            try:
+                job.tiles = len(self.predictor.grid(*job.image.shape[:2])) * self.passes
+                job.key = self.predictor.batch_key(job.image)
+            except SegkitError as e:
+                self._fail(job, e)
+                continue
+            self.bar.plan_tiles(job.tiles)
+            yield job
+
+    def _predict_group(self, group: list[_Job]) -> None:
+        """Images that each fit one tile of the same shape: one forward pass for all."""
+        try:
+            probs = self.predictor.probs_together([job.image for job in group])
+        except (SegkitError, RuntimeError, MemoryError) as e:
+            for job in group:
+                self._fail(job, e)
+            return
+        self.bar.tiles(len(group) * self.passes)
+        for job, p in zip(group, probs, strict=True):
+            self._write(job, [(0, 0, p)])
+
+    def _predict_alone(self, job: _Job) -> None:
+        """An image of several tiles (or a shape of its own): its blocks as the stitcher ends them."""
+        blocks = self.predictor.iter_blocks(
+            job.image,
+            on_tiles=lambda n: self.bar.tiles(n * self.passes),
+            as_tensor=True,
+            copy=False,  # add_block uses each block at once
         )
-        gathered: list[Any] | None = [None] * world if rank == 0 else None
-        dist.gather_object(records, gathered, dst=0)
-        if rank == 0:
-            order = {str(it.path): n for n, it in enumerate(items)}
-            merged = sorted(
-                (r for part in gathered or [] for r in part), key=lambda r: order[r["input"]]
+        self._write(job, blocks)
+
+    def _write(self, job: _Job, blocks: Iterable[tuple[int, int, Any]]) -> None:
+        """Hand one image's probability blocks to its writer; the commit runs in the background."""
+        h, w = job.image.shape[:2]
+        try:
+            writer = OutputWriter(
+                job.base, self.save, self.predictor.info, h, w, self.probs_dtype
+            ).__enter__()
+            try:
+                for row, col, block in blocks:
+                    writer.add_block(row, col, block)
+            except BaseException:
+                writer.abort()
+                raise
+        except (SegkitError, RuntimeError, MemoryError) as e:
+            self._fail(job, e)
+            return
+        overlay = job.image if "overlay" in self.save else None
+        meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
+        self.writes.append((job.index, job.item, self.writers.submit(writer.commit, overlay), meta))
+        job.image = None  # free the pixels now, not when the next image has been decoded
+        while len(self.writes) > HELD and (
+            sum(m["height"] * m["width"] for *_, m in self.writes) > self.spare_pixels
+        ):
+            self._finish(self.writes.popleft())
+
+    def _finish(self, entry: _Write) -> None:
+        """Wait for a commit and record how it went."""
+        i, item, fut, meta = entry
+        try:
+            outputs = fut.result()
+            seconds = time.perf_counter() - meta.pop("t0")
+            self.records[i] = _record(item, "ok", outputs=outputs, seconds=seconds, **meta)
+        except (SegkitError, OSError) as e:
+            self.records[i] = _record(
+                item,
+                "failed",
+                error=_reason(e, item.path),
+                height=meta["height"],
+                width=meta["width"],
             )
-            write_manifest(output, merged)
-    finally:
-        dist.destroy_process_group()
+        self.bar.image()
 
-
-def _run_distributed(
-    model: str | Path,
-    items: list[InputImage],
-    output: Path,
-    devices: int,
-    device: str | None,
-    options: dict[str, Any],
-    run_options: dict[str, Any],
-) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
-    (output / MANIFEST).unlink(missing_ok=True)
-    try:
-        mp.spawn(
-            _shard_worker,
-            args=(devices, _free_port(), str(model), items, output, device, options, run_options),
-            nprocs=devices,
-            join=True,
+    def _fail(self, job: _Job, e: BaseException) -> None:
+        h, w = job.image.shape[:2]
+        self.records[job.index] = _record(
+            job.item, "failed", error=_reason(e, job.item.path), height=h, width=w
         )
-    except mp.ProcessRaisedException as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise ModelError(f"a predict worker process failed: {lines[-1] if lines else e}") from None
-    except mp.ProcessExitedException as e:
-        raise ModelError(f"a predict worker process died: {e}") from None
-    return read_manifest(output)
+        job.image = None  # free the pixels now, not when the next image has been decoded
+        self.bar.image()
 
 
 def predict_source(
@@ -494,7 +443,9 @@ def predict_source(
             )
         if not Path(model).is_file():
             raise ModelError(f"{model}: model file not found")
-        records = _run_distributed(
+        from segkit.inference.sharding import run_sharded
+
+        records = run_sharded(
             model, items, output, min(devices, len(items)), device, options, run_options
         )
     else:
