@@ -19,7 +19,7 @@ import torch
 from segkit.data.io import image_to_float
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
-from segkit.inference.predictor import HostLabels, label_dtype
+from segkit.inference.labels import HostLabels, label_dtype
 from segkit.utils import atomic_path, temporary_target
 
 OUTPUT_KINDS = ("index", "color", "overlay", "probs")

@@ -18,12 +18,8 @@ from segkit.inference.backend import (
     block_width,
     default_batch_size,
 )
-from segkit.inference.predictor import (
-    HostLabels,
-    Predictor,
-    argmax_labels,
-    consecutive_batches,
-)
+from segkit.inference.labels import HostLabels, argmax_labels
+from segkit.inference.predictor import Predictor, consecutive_batches
 from segkit.inference.tiling import blend_window, make_grid
 
 from .conftest import CLASSES, CountingBackend, colour_scene, shapes_image
