@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ PNG_MAX_SIDE = 65535
 """Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
 MANIFEST = "manifest.jsonl"
 _ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
+_TIFF_TILE = 256  # tiles of large colour/overlay TIFFs: one band of them is made at a time
 _SUFFIX = {"index": "", "color": "_color", "overlay": "_overlay", "probs": "_probs"}
 
 
@@ -195,7 +196,9 @@ class OutputWriter:
                 _write_labels(self._tmp["index"], self.labels, colors)
             if "color" in self.paths:
                 self._current = self.paths["color"]
-                _write_rgb(self._tmp["color"], self._rows(lambda sl: colors[self.labels[sl]]))
+                _write_rgb(
+                    self._tmp["color"], self.height, self.width, lambda sl: colors[self.labels[sl]]
+                )
             if "overlay" in self.paths:
                 if image is None:
                     raise DataError(
@@ -204,12 +207,11 @@ class OutputWriter:
                 self._current = self.paths["overlay"]
                 _write_rgb(
                     self._tmp["overlay"],
-                    self._rows(
-                        lambda sl: (
-                            (display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]])
-                            // 2
-                        ).astype(np.uint8)
-                    ),
+                    self.height,
+                    self.width,
+                    lambda sl: (
+                        (display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]]) // 2
+                    ).astype(np.uint8),
                 )
             self._current = next(iter(self.paths.values()), None)
             self._stack.close()  # fsync + rename every temporary file
@@ -220,13 +222,6 @@ class OutputWriter:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         return dict(self.paths)
-
-    def _rows(self, fn: Any) -> np.ndarray:
-        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        for r in range(0, self.height, _ROWS):
-            sl = slice(r, r + _ROWS)
-            out[sl] = fn(sl)
-        return out
 
 
 def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:
@@ -245,16 +240,34 @@ def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:
     im.save(tmp, format="PNG")
 
 
-def _write_rgb(tmp: Path, rgb: np.ndarray) -> None:
+def _write_rgb(tmp: Path, height: int, width: int, rows: Callable[[slice], np.ndarray]) -> None:
+    """An RGB image whose ``rows(slice)`` are made on demand: a TIFF (the large ones) is written by
+    bands of tiles, so only one band exists at a time; PIL encodes a PNG from the whole image."""
     if tmp.suffix == ".tif":
         import tifffile
 
+        def tiles() -> Iterator[np.ndarray]:
+            for y in range(0, height, _TIFF_TILE):
+                band = rows(slice(y, y + _TIFF_TILE))
+                for x in range(0, width, _TIFF_TILE):
+                    yield band[:, x : x + _TIFF_TILE]
+
         tifffile.imwrite(
-            tmp, rgb, photometric="rgb", compression="zlib", bigtiff=rgb.nbytes > 2**31
+            tmp,
+            tiles(),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            tile=(_TIFF_TILE, _TIFF_TILE),
+            photometric="rgb",
+            compression="zlib",
+            bigtiff=height * width * 3 > 2**31,
         )
         return
     from PIL import Image
 
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    for r in range(0, height, _ROWS):
+        rgb[r : r + _ROWS] = rows(slice(r, r + _ROWS))
     Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
 
 

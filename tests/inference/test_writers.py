@@ -161,3 +161,23 @@ def test_manifest_round_trip(tmp_path):
     write_manifest(tmp_path, records)
     assert read_manifest(tmp_path) == records
     assert read_manifest(tmp_path / "none") == []
+
+
+def test_large_colour_and_overlay_tiffs_hold_what_the_pngs_hold(tmp_path, monkeypatch):
+    """Beyond PNG's side limit colour and overlay go to TIFF, written a band of tiles at a time
+    (edge tiles partial): the pixels are those of the PNG path."""
+    import tifffile
+
+    import segkit.inference.writers as writers
+
+    _, _, pngs = write_all(tmp_path / "png", save=("color", "overlay"))
+    monkeypatch.setattr(writers, "PNG_MAX_SIDE", 20)  # 37 x 29 is "large" now
+    monkeypatch.setattr(writers, "_TIFF_TILE", 16)  # 3 bands x 2 tiles, partial at the edges
+    _, _, tiffs = write_all(tmp_path / "tif", save=("color", "overlay"))
+    for kind in ("color", "overlay"):
+        assert pngs[kind].suffix == ".png" and tiffs[kind].suffix == ".tif"
+        np.testing.assert_array_equal(
+            tifffile.imread(tiffs[kind]), np.asarray(Image.open(pngs[kind]))
+        )
+        with tifffile.TiffFile(tiffs[kind]) as tif:
+            assert tif.pages[0].is_tiled and tif.pages[0].tilelength == 16
