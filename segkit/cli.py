@@ -128,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-pixels",
         type=int,
         default=None,
-        help="refuse images with more pixels (default: the model's data.max_image_pixels, 1e9 "
-        "unless set in training)",
+        help="refuse images with more pixels (default: the model's data.max_image_pixels, "
+        "1000000000 unless set in training)",
     )
     p.add_argument(
         "--classes",

@@ -57,12 +57,8 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" — did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
-def _is_colour(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 3
-        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
-    )
+def _in_byte_range(colour: tuple[int, ...]) -> bool:
+    return all(0 <= v <= 255 for v in colour)
 
 
 class _Section(BaseModel):
@@ -141,14 +137,16 @@ class DataConfig(_Section):
         description="Refuse images with more pixels than this (decompression-bomb guard).",
     )
 
-    @field_validator("palette", mode="before")
+    @field_validator("palette")
     @classmethod
-    def _colours_in_range(cls, v: Any) -> Any:
-        # Checked here: a colour such as [300, 0, 0] otherwise fails much later (OverflowError).
-        if isinstance(v, dict):
-            bad = [f"{name}={colour!r}" for name, colour in v.items() if not _is_colour(colour)]
-            if bad:
-                raise ValueError(f"a colour is 3 integers 0-255 ([r, g, b]); bad: {', '.join(bad)}")
+    def _colours_in_range(
+        cls, v: dict[str, tuple[int, int, int]] | None
+    ) -> dict[str, tuple[int, int, int]] | None:
+        # After pydantic's own coercion (numpy integers, "255" ...): a colour such as [300, 0, 0]
+        # would otherwise fail much later (OverflowError).
+        bad = [f"{name}={list(c)}" for name, c in (v or {}).items() if not _in_byte_range(c)]
+        if bad:
+            raise ValueError(f"a colour is 3 integers 0-255 ([r, g, b]); bad: {', '.join(bad)}")
         return v
 
     @model_validator(mode="after")

@@ -28,6 +28,12 @@ def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
     info = predictor.info
     if info.data is not None:
         return info.data
+    if model_path.suffix.lower() == ".onnx":  # a stored config predict could skip: masks need it
+        from segkit.export.metadata import read_onnx_metadata, stored_data_config
+
+        stored = read_onnx_metadata(model_path).get("config")
+        if stored:
+            return stored_data_config(stored, model_path)
     try:
         return DataConfig(
             classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels

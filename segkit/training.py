@@ -150,19 +150,28 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def _is_spawned_rank() -> bool:
-    """True in the processes Lightning's DDP launcher starts besides rank 0."""
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    """True in every process of a run but the first: those Lightning's DDP launcher starts beside
+    rank 0, and the other ranks torchrun (``RANK``) or SLURM's srun (``SLURM_PROCID``) start."""
+    ranks = ["RANK", "LOCAL_RANK", "NODE_RANK"] + (["SLURM_PROCID"] if _under_srun() else [])
+    return any(os.environ.get(name, "0") != "0" for name in ranks)
+
+
+def _under_srun() -> bool:
+    """SLURM started this process with srun (Lightning's own test)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
 
 
 def _launched_processes() -> int:
-    """How many processes torchrun (``WORLD_SIZE``) or SLURM's ``srun`` (``SLURM_NTASKS``, as
-    Lightning detects it) started together; 1 for a plain start, whose DDP workers Lightning
-    spawns later."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    if SLURMEnvironment.detect():
+    """How many processes torchrun (``WORLD_SIZE``) or SLURM's ``srun`` (``SLURM_NTASKS``)
+    started together; 1 for a plain start, whose DDP workers Lightning spawns later. torchrun
+    first, as Lightning does: it may run inside a one-task SLURM job."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if _under_srun():
         return int(os.environ["SLURM_NTASKS"])
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return 1
 
 
 def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Path:

@@ -13,19 +13,28 @@ from segkit.config import load_config
 from segkit.errors import ConfigError
 from segkit.training import _safe_load, resolve_run_dir
 
-LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "SEGKIT_RUN_DIR", "SLURM_NTASKS", "SLURM_JOB_NAME")
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "SEGKIT_RUN_DIR",
+    "SLURM_NTASKS",
+    "SLURM_JOB_NAME",
+    "SLURM_PROCID",
+)
 
 
-@pytest.fixture(params=["torchrun", "srun"])
+@pytest.fixture(params=["torchrun", "srun", "torchrun in a one-task SLURM job"])
 def world_of_two(request, monkeypatch):
-    """Two processes started together, as torchrun or SLURM's srun tell them."""
+    """Two processes started together, as torchrun or SLURM's srun tell them (rank 0's view)."""
     for name in (*LAUNCHER_VARIABLES, "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    if request.param == "torchrun":
+    if request.param != "srun":
         monkeypatch.setenv("WORLD_SIZE", "2")
-    else:  # srun sets no WORLD_SIZE
-        monkeypatch.setenv("SLURM_NTASKS", "2")
+    if request.param != "torchrun":  # srun sets no WORLD_SIZE; torchrun's count wins inside SLURM
+        monkeypatch.setenv("SLURM_NTASKS", "2" if request.param == "srun" else "1")
         monkeypatch.setenv("SLURM_JOB_NAME", "train")
+        monkeypatch.setenv("SLURM_PROCID", "0")
 
 
 def test_ranks_share_the_named_folder_when_it_holds_no_run(tmp_path, world_of_two):
@@ -88,3 +97,23 @@ def test_resume_load_is_weights_only():
     # Lightning 2.6 added Trainer.fit(weights_only=...); older versions cannot be told
     expected = {"weights_only": True} if Version(L.__version__) >= Version("2.6") else {}
     assert _safe_load() == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "secondary"),
+    [
+        ({}, False),
+        ({"LOCAL_RANK": "1"}, True),  # Lightning's DDP launcher, or torchrun on one node
+        ({"RANK": "8", "LOCAL_RANK": "0"}, True),  # torchrun: local rank 0 of the second node
+        ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "2"}, True),  # srun
+        ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0"}, False),
+    ],
+)
+def test_only_the_first_process_checks_data_and_writes_the_config(monkeypatch, env, secondary):
+    from segkit.training import _is_spawned_rank
+
+    for name in (*LAUNCHER_VARIABLES, "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _is_spawned_rank() is secondary

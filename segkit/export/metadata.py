@@ -7,6 +7,7 @@ the caller supplies, and the channel count comes from the input shape.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +150,16 @@ def onnx_model_info(
         raise ModelError(f"{name}: malformed segkit metadata: {first_line(e)}") from None
     info.extra = {k: v for k, v in meta.items() if k != "config"}
     if meta.get("config"):
-        info.data = _stored_data_config(meta["config"], name)
+        try:
+            info.data = stored_data_config(meta["config"], name)
+        except (
+            ModelError
+        ) as e:  # the network still runs: predict goes on with default data settings
+            warnings.warn(f"{e}; using the default data settings", stacklevel=2)
     return info
 
 
-def _stored_data_config(text: str, name: str) -> DataConfig:
+def stored_data_config(text: str, name: str | Path) -> DataConfig:
     """The data section of the training config a segkit export carries (the data section alone:
     validating the model section would import smp, which onnxruntime inference does not need)."""
     try:

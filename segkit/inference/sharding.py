@@ -5,7 +5,7 @@ their manifest records into one, in input order."""
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,10 @@ from segkit.inference.sources import InputImage
 from segkit.inference.writers import MANIFEST, read_manifest, write_manifest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _shard_worker(
     rank: int,
     world: int,
-    port: int,
+    rendezvous: str,
     model: str,
     items: list[InputImage],
     output: Path,
@@ -46,7 +40,7 @@ def _shard_worker(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(
         "nccl" if cuda else "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=f"file://{rendezvous}",
         rank=rank,
         world_size=world,
     )
@@ -87,16 +81,18 @@ def run_sharded(
     import torch.multiprocessing as mp
 
     (output / MANIFEST).unlink(missing_ok=True)
-    try:
-        mp.spawn(
-            _shard_worker,
-            args=(devices, _free_port(), str(model), items, output, device, options, run_options),
-            nprocs=devices,
-            join=True,
-        )
-    except mp.ProcessRaisedException as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise ModelError(f"a predict worker process failed: {lines[-1] if lines else e}") from None
-    except mp.ProcessExitedException as e:
-        raise ModelError(f"a predict worker process died: {e}") from None
+    # The processes meet through a file, not a TCP port: a port found free here could be taken
+    # by the time the workers have started and bind it.
+    with tempfile.TemporaryDirectory(prefix="segkit-predict-") as folder:
+        rendezvous = str(Path(folder) / "rendezvous")
+        args = (devices, rendezvous, str(model), items, output, device, options, run_options)
+        try:
+            mp.spawn(_shard_worker, args=args, nprocs=devices, join=True)
+        except mp.ProcessRaisedException as e:
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise ModelError(
+                f"a predict worker process failed: {lines[-1] if lines else e}"
+            ) from None
+        except mp.ProcessExitedException as e:
+            raise ModelError(f"a predict worker process died: {e}") from None
     return read_manifest(output)

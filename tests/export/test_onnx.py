@@ -363,3 +363,25 @@ def test_export_failure_names_both_exporters(trained_bundle, tmp_path, monkeypat
     ):
         export_onnx(trained_bundle, tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_stored_config_warns_in_predict_and_stops_evaluate(exported, tmp_path):
+    """The network runs without the training config (default data settings, a warning); evaluate
+    needs it to read the masks, so there it is an error naming the file."""
+    import onnx
+
+    from segkit.errors import ModelError
+    from segkit.evaluation import model_data_config
+    from segkit.inference.onnx_backend import OnnxBackend
+
+    proto = onnx.load(str(exported[0]))
+    for prop in proto.metadata_props:
+        if prop.key == "config":
+            prop.value = json.dumps({"data": {"classes": ["a"], "new_key_of_a_later_release": 1}})
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.warns(UserWarning, match="the stored training config is not valid"):
+        backend = OnnxBackend.from_path(broken, device="cpu")
+    assert backend.info.data is None and backend.info.max_image_pixels == 1_000_000_000
+    with pytest.raises(ModelError, match=r"broken\.onnx: the stored training config is not valid"):
+        model_data_config(broken, _predictor()(backend))
