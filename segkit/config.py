@@ -257,10 +257,7 @@ class ModelConfig(_Section):
             import timm
 
             if not timm.is_model(v[3:]):
-                close = difflib.get_close_matches(
-                    v[3:].split(".")[0], timm.list_models(), n=3, cutoff=0.6
-                )
-                hint = f" — did you mean {', '.join('tu-' + c for c in close)}?" if close else ""
+                hint = _did_you_mean(v, ("tu-" + name for name in timm.list_models()))
                 raise ValueError(
                     f"unknown timm encoder '{v}'{hint} (any name from timm.list_models() prefixed with 'tu-')"
                 )
@@ -523,8 +520,9 @@ def _check_unknown(data: dict[str, Any], source: str) -> None:
             # Lightning's Trainer arguments only for keys the section does not declare: importing
             # lightning costs ~0.2 GB and seconds, and loading a bundle to predict never needs it.
             extra = [key for key in body if key not in sub.model_fields]
-            allowed = set(_allowed_keys(sub)) if extra else set()
-            unknown.extend(f"{section}.{key}" for key in extra if key not in allowed)
+            if extra:
+                allowed = _allowed_keys(sub)
+                unknown.extend(f"{section}.{key}" for key in extra if key not in allowed)
     if unknown:
         raise ConfigError(f"{source}: " + "; ".join(_unknown_key_message(k) for k in unknown))
 

@@ -156,3 +156,20 @@ def test_run_paths_stay_relative_to_the_working_directory(tmp_path):
     path = _write(tmp_path / "cfg", {"run": {"dir": "runs", "resume": "runs/x/last.ckpt"}})
     c = load_config(path)
     assert c.run.dir == Path("runs") and c.run.resume == "runs/x/last.ckpt"
+
+
+def test_a_config_with_declared_trainer_keys_does_not_import_lightning(tmp_path):
+    """Opening a bundle to predict validates its config; listing Lightning's Trainer arguments
+    (for keys the trainer section does not declare) imports lightning, ~0.1-0.2 GB of RSS."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from segkit.config import load_config; "
+        "load_config({'trainer': {'max_epochs': 2}}); "
+        "assert 'lightning' not in sys.modules, 'lightning imported'; "
+        "load_config({'trainer': {'gradient_clip_val': 1.0}}); "
+        "assert 'lightning' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

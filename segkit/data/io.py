@@ -343,8 +343,7 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32, copy=False)
     if image.dtype == np.bool_:
         return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.signedinteger):
-        raise DataError(f"image {_SIGNED_HINT.format(dtype=image.dtype)}")
+    check_pixel_type("image", image.dtype)
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         return (image.astype(np.float32) / np.float32(info.max)).astype(np.float32, copy=False)

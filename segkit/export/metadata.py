@@ -150,11 +150,10 @@ def onnx_model_info(
         raise ModelError(f"{name}: malformed segkit metadata: {first_line(e)}") from None
     info.extra = {k: v for k, v in meta.items() if k != "config"}
     if meta.get("config"):
+        # The network runs without it: predict goes on with the default data settings.
         try:
             info.data = stored_data_config(meta["config"], name)
-        except (
-            ModelError
-        ) as e:  # the network still runs: predict goes on with default data settings
+        except ModelError as e:
             warnings.warn(f"{e}; using the default data settings", stacklevel=2)
     return info
 
