@@ -82,15 +82,13 @@ def predict_masks(
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Pixel error (fraction misclassified) and membrane IoU over all pixels of all slices."""
-    pred_m, true_m = pred == MEMBRANE, truth == MEMBRANE
-    union = np.logical_or(pred_m, true_m).sum()
-    return {
-        "pixel_error": float((pred != truth).mean()),
-        "membrane_iou": float(np.logical_and(pred_m, true_m).sum() / union)
-        if union
-        else float("nan"),
-    }
+    """Pixel error (fraction misclassified), membrane and cell IoU over all pixels of all slices."""
+    out = {"pixel_error": float((pred != truth).mean())}
+    for name, k in (("membrane_iou", MEMBRANE), ("cell_iou", 1 - MEMBRANE)):
+        p, t = pred == k, truth == k
+        union = np.logical_or(p, t).sum()
+        out[name] = float(np.logical_and(p, t).sum() / union) if union else float("nan")
+    return out
 
 
 class Meter:
@@ -293,7 +291,12 @@ def segkit_config(args: argparse.Namespace, workdir: Path) -> Any:
                 "devices": 1,
                 "precision": "32",
             },
-            "run": {"dir": str(workdir / "runs"), "name": "bench", "seed": args.seed},
+            "run": {
+                "dir": str(workdir / "runs"),
+                "name": "bench",
+                "seed": args.seed,
+                "plan": False,
+            },
         }
     )
 

@@ -17,6 +17,7 @@ from segkit.errors import ConfigError, SegkitError
 
 EXAMPLES = {
     "train": "example: segkit train configs/binary_membrane.yaml trainer.max_epochs=5 model.encoder=resnet18",
+    "plan": "example: segkit plan configs/binary_membrane.yaml trainer.max_time=00:00:10:00",
     "evaluate": "example: segkit evaluate runs/membrane/best.ckpt --images data/val/images --masks data/val/masks --json metrics.json",
     "predict": "example: segkit predict runs/membrane/best.ckpt photos/ --output masks/ --save index color --tile 512 --overlap 0.25",
     "export": "example: segkit export runs/membrane/best.ckpt --output model.onnx --head labels",
@@ -55,14 +56,19 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         "Train a model from a YAML config; writes best.ckpt, last.ckpt, config.yaml and metrics to the run folder.",
     )
-    p.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    _config_arguments(p)
     p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="override any config key by its dotted path",
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (the plan's choices marked with their reasons) and exit",
     )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = add(
+        "plan",
+        "Show what segkit reads from the training data and device, and the recipe it chooses for "
+        "the keys the config leaves unset (train applies it when run.plan is true).",
+    )
+    _config_arguments(p)
 
     p = add(
         "evaluate", "Per-class IoU/Dice/precision/recall of a model on an image+mask folder pair."
@@ -249,6 +255,17 @@ def _tiling_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    """CONFIG and its KEY=VALUE overrides (train, plan)."""
+    p.add_argument("config", type=Path, help="YAML config file (see configs/)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override any config key by its dotted path",
+    )
+
+
 def _console():
     from rich.console import Console
 
@@ -260,9 +277,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if args.print_config:
-        import yaml
+        from segkit.planning import annotated_yaml, plan_config
 
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        plan = None
+        if config.run.plan and config.data.train is not None:  # the plan reads the data
+            config, plan = plan_config(config)
+        print(annotated_yaml(config, plan), end="")
         return 0
     from segkit.training import train
 
@@ -272,6 +292,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = _console()
     console.print(result.metrics.table(title="Validation metrics of the best checkpoint"))
     console.print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from segkit.config import load_config
+    from segkit.planning import plan_config
+
+    config = load_config(args.config, args.overrides)
+    config, plan = plan_config(config)
+    console = _console()
+    facts = Table(title="Dataset and device", show_header=False)
+    for what, value in plan.fingerprint.rows(config.data.classes):
+        facts.add_row(what, value)
+    device = plan.device
+    memory = f", {device.gpu_memory_gb:.0f} GB" if device.accelerator == "gpu" else ""
+    facts.add_row("device", f"{device.accelerator}, {device.cpu_cores} CPU cores{memory}")
+    console.print(facts)
+    choices = Table(title="Recipe: keys the config leaves unset")
+    for column in ("key", "value", "why"):
+        choices.add_column(column)
+    for d in plan.decisions:
+        choices.add_row(d.key, str(d.value), d.reason)
+    console.print(choices)
+    if plan.kept:
+        console.print(f"kept from your config: {', '.join(plan.kept)}", highlight=False)
+    if not config.run.plan:
+        console.print("run.plan is false: segkit train will not apply this plan")
     return 0
 
 
@@ -382,6 +433,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "plan": cmd_plan,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "export": cmd_export,

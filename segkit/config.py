@@ -131,6 +131,22 @@ class DataConfig(_Section):
         8, ge=1, description="Training batch size per device (validation uses 1: whole images)."
     )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Optimiser steps per epoch, drawing training images with replacement; "
+        "null = one pass over the training images.",
+    )
+    rare_classes: list[str] = Field(
+        default_factory=list,
+        description="Classes whose pixels `oversample` crops are centred on.",
+    )
+    oversample: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of training crops that contain a pixel of `rare_classes` (where the image has one).",
+    )
     max_image_pixels: int = Field(
         1_000_000_000,
         ge=1,
@@ -175,6 +191,11 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"data.palette names {unknown}, which are not in classes {self.classes}"
                 )
+        unknown_rare = [c for c in self.rare_classes if c not in self.classes]
+        if unknown_rare:
+            raise ValueError(
+                f"data.rare_classes names {unknown_rare}, which are not in classes {self.classes}"
+            )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) != self.in_channels:
@@ -212,6 +233,16 @@ class AugmentConfig(_Section):
     scale: tuple[float, float] | None = Field(
         None, description="Random rescale range, e.g. [0.75, 1.25]; null disables it."
     )
+    rotate: float = Field(
+        0.0,
+        ge=0,
+        le=180,
+        description="Largest random rotation in degrees (any angle, reflected borders); 0 disables it.",
+    )
+    elastic: float = Field(
+        0.0, ge=0, le=1, description="Probability of an elastic deformation of the image and mask."
+    )
+    gamma: float = Field(0.0, ge=0, le=1, description="Probability of a random gamma change.")
 
 
 class ModelConfig(_Section):
@@ -299,6 +330,14 @@ class OptimizerConfig(_Section):
     lr: float = Field(1.0e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(1.0e-4, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd only).")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights with this decay "
+        "(validated, checkpointed and exported instead of the raw weights); null disables it.",
+    )
 
 
 class SchedulerConfig(_Section):
@@ -358,6 +397,11 @@ class RunConfig(_Section):
         None,
         ge=1,
         description="Stop after this many validations without val mIoU improving; null disables.",
+    )
+    plan: bool = Field(
+        True,
+        description="Fill the keys the config does not set from the dataset and the device "
+        "(`segkit plan CONFIG` shows the choices and why); false keeps the schema defaults.",
     )
     val_preview_images: int = Field(
         4,

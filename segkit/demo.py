@@ -36,6 +36,7 @@ def demo_config(root: Path, data: dict[str, Any], epochs: int) -> SegkitConfig:
                 "in_channels": 3,
                 "patch_size": 96,
                 "batch_size": 8,
+                "steps_per_epoch": 6,  # 48 images: the plan's fixed epoch would be longer
                 "num_workers": 0,
             },
             "model": DEMO_MODEL,

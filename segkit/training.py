@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from segkit.config import SegkitConfig, save_config
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
+from segkit.planning import Plan, plan_config
 from segkit.utils import atomic_path, temporary_target
 
 MONITOR = "val/mIoU"
@@ -48,6 +49,8 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     metrics: SegmentationMetrics  # the best checkpoint on the validation set
+    plan: Plan | None = None  # what the plan chose (run.plan), None when it did not run
+    warnings: list[str] = field(default_factory=list)  # symptoms of a run that did not work
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -326,6 +329,7 @@ def train(
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
     from segkit.evaluation import evaluate_pairs
+    from segkit.models.diagnostics import training_warnings
     from segkit.models.module import SegmentationModule
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
@@ -337,6 +341,9 @@ def train(
     spawned = _is_spawned_rank()
     if not spawned:
         check_or_raise(config)
+    plan = None
+    if config.run.plan:
+        config, plan = plan_config(config)
     module = SegmentationModule(config, pretrained=ckpt_path is None)
     datamodule = SegmentationDataModule(config, stride=int(module.hparams["stride"]))
     datamodule.setup("fit")
@@ -372,9 +379,20 @@ def train(
     payload = trainer.strategy.broadcast(payload, src=0)
     if not opened_by_caller:
         _close_process_group()
+    metrics = SegmentationMetrics.from_dict(payload)
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best,
         last_checkpoint=last,
-        metrics=SegmentationMetrics.from_dict(payload),
+        metrics=metrics,
+        plan=plan,
+        warnings=training_warnings(
+            metrics, _logged(trainer, "train/loss_epoch"), _logged(trainer, "val/loss")
+        ),
     )
+
+
+def _logged(trainer: L.Trainer, key: str) -> float | None:
+    """The last value Lightning logged under ``key`` (its epoch mean), or None."""
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else None

@@ -60,3 +60,30 @@ def test_bench_onnx_prints_a_row_per_batch_size():
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(float(cell.rstrip("x")) > 0 for row in rows for cell in row[1:])
     assert "max abs difference" in stdout  # the export was verified against torch
+
+
+def _fake_membrane(root: Path, size: int = 64) -> Path:
+    """30 gray slices with 0/255 labels laid out like ../shared/data/membrane."""
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for sub in ("image", "label"):
+        (root / "train" / sub).mkdir(parents=True)
+    for i in range(30):
+        label = (rng.random((size, size)) > 0.3).astype("uint8") * 255
+        image = (label // 2 + rng.integers(0, 64, (size, size))).astype("uint8")
+        Image.fromarray(image).save(root / "train" / "image" / f"{i}.png")
+        Image.fromarray(label).save(root / "train" / "label" / f"{i}.png")
+    return root
+
+
+def test_bench_recipe_trains_both_sides_and_scores_them_alike(tmp_path):
+    data = _fake_membrane(tmp_path / "membrane")
+    out = tmp_path / "recipe.json"
+    stdout = _run("bench_recipe.py", "--data", str(data), "--budget", "00:00:00:05",
+                  "--plain-patch", "64", "--threads", "1", "--json", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    for side in ("segkit", "plain"):
+        assert 0 <= result[side]["pixel_error"] <= 1 and result[side]["steps"] > 0
+    assert result["segkit"]["recipe"]["patch"] == 64  # the plan read the 64 px slices
+    assert "pixel error ratio segkit / plain" in stdout

@@ -52,7 +52,7 @@ def _config(data: dict, runs: Path, **sections) -> dict:
         "optimizer": {"lr": 0.01},
         "scheduler": {"warmup_epochs": 0.5},
         "trainer": dict(QUIET),
-        "run": {"dir": str(runs), "seed": 0},
+        "run": {"dir": str(runs), "seed": 0, "plan": False},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}

@@ -9,10 +9,17 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    WeightedRandomSampler,
+    get_worker_info,
+)
 
 from segkit.config import SegkitConfig
 from segkit.data.dataset import SegmentationDataset, find_pairs
+from segkit.data.masks import load_mask
 from segkit.data.transforms import build_transforms
 from segkit.errors import ConfigError, DataError
 
@@ -73,6 +80,39 @@ def val_sampler(dataset: SegmentationDataset) -> Sampler | None:
     )
 
 
+def image_weights(dataset: SegmentationDataset) -> np.ndarray | None:
+    """Sampling weights that draw images holding a ``data.rare_classes`` pixel ``data.oversample``
+    of the time (at least their natural share); None when nothing is oversampled.
+
+    Crops are then centred on those pixels by the transform (see ``build_transforms``): the two
+    together are what nnU-Net calls foreground oversampling.
+    """
+    data = dataset.data
+    if data.oversample <= 0 or not data.rare_classes:
+        return None
+    rare = np.array([data.classes.index(name) for name in data.rare_classes])
+    has_rare = np.array([np.isin(load_mask(m, data), rare).any() for _, m in dataset.pairs])
+    n_rare = int(has_rare.sum())
+    if n_rare in (0, len(has_rare)):
+        return None
+    share = max(data.oversample, n_rare / len(has_rare))
+    return np.where(has_rare, share / n_rare, (1.0 - share) / (len(has_rare) - n_rare))
+
+
+def train_sampler(dataset: SegmentationDataset, batch_size: int) -> Sampler | None:
+    """Draws ``data.steps_per_epoch`` batches per epoch (with replacement, rare-class images
+    weighted up), so an epoch means the same amount of training whatever the dataset's size;
+    None for the plain shuffled pass (steps_per_epoch null and nothing oversampled)."""
+    data = dataset.data
+    weights = image_weights(dataset)
+    if data.steps_per_epoch is None and weights is None:
+        return None
+    samples = (data.steps_per_epoch or max(1, len(dataset) // batch_size)) * batch_size
+    if weights is None:
+        return RandomSampler(dataset, replacement=True, num_samples=samples)
+    return WeightedRandomSampler(weights.tolist(), num_samples=samples, replacement=True)
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Train and val loaders from ``config.data``; ``stride`` is the model's output stride (val padding)."""
 
@@ -114,11 +154,12 @@ class SegmentationDataModule(L.LightningDataModule):
         dataset = self.train_dataset if train else self.val_dataset
         assert dataset is not None
         batch_size = data.batch_size if train else 1
+        sampler = train_sampler(dataset, batch_size) if train else val_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            sampler=None if train else val_sampler(dataset),
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=train and len(dataset) > batch_size,
             num_workers=data.num_workers,
             persistent_workers=data.num_workers > 0,
@@ -127,7 +168,7 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled patches, ``data.batch_size`` per step."""
+        """Random patches, ``data.batch_size`` per step (``data.steps_per_epoch`` steps, or one pass)."""
         return self._dataloader("train")
 
     def val_dataloader(self) -> DataLoader:

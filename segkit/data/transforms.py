@@ -25,8 +25,9 @@ def _normalize(config: SegkitConfig) -> A.Normalize:
 def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Compose:
     """The albumentations pipeline of a stage.
 
-    ``"train"``: optional random rescale, pad to ``patch_size`` (mask ← ignore_index), random crop,
-    flips, 90° rotations and mild brightness/contrast jitter, then normalise. ``"val"`` (also
+    ``"train"``: optional random rescale, pad to ``patch_size`` (mask ← ignore_index), random crop
+    (part of them on rare classes), optional rotation and elastic warp, flips, 90° rotations,
+    brightness/contrast and gamma jitter, then normalise. ``"val"`` (also
     ``"test"``/``"predict"``): pad bottom/right to a multiple of ``stride`` so whole images of any
     size fit the model, and crop predictions back with ``[:h, :w]``; then normalise.
     """
@@ -63,7 +64,10 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
         )
     steps += [
         A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),
-        A.RandomCrop(height=size, width=size),
+        _crop(config, size),
+        *_warps(config),
+    ]
+    steps += [
         A.HorizontalFlip(p=aug.hflip),
         A.VerticalFlip(p=aug.vflip),
         A.RandomRotate90(p=aug.rotate90),
@@ -73,5 +77,41 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
         steps.append(
             A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=aug.color_jitter)
         )
+    if aug.gamma > 0:
+        steps.append(A.RandomGamma(gamma_limit=(80, 120), p=aug.gamma))
     steps += [_normalize(config), ToTensorV2()]
     return A.Compose(steps, seed=config.run.seed)
+
+
+def _crop(config: SegkitConfig, size: int) -> A.BasicTransform:
+    """A random crop; with ``data.oversample``, that share of crops holds a rare-class pixel
+    where the image has one (albumentations' CropNonEmptyMaskIfExists, which never centres on
+    mask value 0, so a rare class at index 0 is oversampled only by image, see the datamodule)."""
+    data = config.data
+    random_crop = A.RandomCrop(height=size, width=size)
+    rare = {data.classes.index(name) for name in data.rare_classes}
+    if data.oversample <= 0 or not rare:
+        return random_crop
+    others = [i for i in range(data.num_classes) if i not in rare] + [data.ignore_index]
+    return A.OneOf(
+        [
+            A.RandomCrop(height=size, width=size, p=1.0 - data.oversample),
+            A.CropNonEmptyMaskIfExists(
+                height=size, width=size, ignore_values=others, p=data.oversample
+            ),
+        ],
+        p=1.0,
+    )
+
+
+def _warps(config: SegkitConfig) -> list[A.BasicTransform]:
+    """Rotation by any angle and elastic deformation of the patch (after the crop, so a rare-class
+    crop keeps its pixel and the cost does not grow with the image), borders reflected."""
+    aug = config.augment
+    reflect = {"border_mode": cv2.BORDER_REFLECT_101, "mask_interpolation": cv2.INTER_NEAREST}
+    warps: list[A.BasicTransform] = []
+    if aug.rotate > 0:
+        warps.append(A.Affine(rotate=(-aug.rotate, aug.rotate), p=0.5, **reflect))
+    if aug.elastic > 0:
+        warps.append(A.ElasticTransform(alpha=30, sigma=6, p=aug.elastic, **reflect))
+    return warps

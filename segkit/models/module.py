@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
 
 from segkit.bundle import bundle_hparams
 from segkit.config import SegkitConfig, load_config
@@ -30,6 +31,9 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 class WarmupSchedule:
     """Learning-rate factor per optimiser step: linear warm-up, then cosine / poly decay or constant.
 
+    The decay runs over ``total_steps`` or, when the run has a time budget (``trainer.max_time``),
+    over the budget (``time_progress``, the share spent, set before every step), whichever ends
+    first: the last minutes of a budgeted run anneal whatever the speed of the machine.
     A plain dataclass (not a lambda) so ``LambdaLR.state_dict`` stores its fields and a resumed
     run continues the same curve.
     """
@@ -39,15 +43,18 @@ class WarmupSchedule:
     total_steps: int | None
     power: float = 0.9
     min_ratio: float = 0.0
+    time_progress: float | None = None
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
-        if self.name == "constant" or not self.total_steps:
+        if self.name == "constant" or not (self.total_steps or self.time_progress is not None):
             return 1.0
-        progress = min(
-            1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        )
+        progress = self.time_progress or 0.0  # whichever limit, steps or time, comes first
+        if self.total_steps:
+            steps = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            progress = max(progress, steps)
+        progress = min(1.0, progress)
         decay = (
             0.5 * (1.0 + math.cos(math.pi * progress))
             if self.name == "cosine"
@@ -78,6 +85,8 @@ class SegmentationModule(L.LightningModule):
         self.configure_losses()
         self.configure_metrics()
         self.last_val_metrics: SegmentationMetrics | None = None
+        self.lr_schedule: WarmupSchedule | None = None
+        self._budget: Timer | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -136,6 +145,18 @@ class SegmentationModule(L.LightningModule):
                 )
         return loss, logits
 
+    def on_train_start(self) -> None:
+        """Find the time budget: Lightning's Timer, present when ``trainer.max_time`` is set."""
+        timers = [c for c in self.trainer.callbacks if isinstance(c, Timer)]  # type: ignore[attr-defined]
+        self._budget = next((t for t in timers if t.time_remaining() is not None), None)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Tell the schedule how much of the time budget is spent (the decay follows it)."""
+        if self._budget is not None and self.lr_schedule is not None:
+            elapsed, remaining = self._budget.time_elapsed(), self._budget.time_remaining()
+            assert remaining is not None
+            self.lr_schedule.time_progress = elapsed / max(elapsed + remaining, 1e-9)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch, "train")
         return loss
@@ -171,7 +192,8 @@ class SegmentationModule(L.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimiser from ``config.optimizer`` (no weight decay on norms and biases) and a
-        per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``."""
+        per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``
+        (or by the time budget, see :class:`WarmupSchedule`)."""
         opt = self.config.optimizer
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
@@ -179,7 +201,7 @@ class SegmentationModule(L.LightningModule):
             {"params": decay, "weight_decay": opt.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        extra = {"momentum": opt.momentum} if opt.name == "sgd" else {}
+        extra = {"momentum": opt.momentum, "nesterov": opt.nesterov} if opt.name == "sgd" else {}
         optimizer = OPTIMIZERS[opt.name](groups, lr=opt.lr, **extra)
         sched = self.config.scheduler
         total = self.trainer.estimated_stepping_batches
@@ -189,7 +211,7 @@ class SegmentationModule(L.LightningModule):
             if math.isfinite(batches)
             else 0
         )
-        schedule = WarmupSchedule(
+        schedule = self.lr_schedule = WarmupSchedule(
             name=sched.name,
             warmup_steps=round(sched.warmup_epochs * per_epoch),
             total_steps=int(total) if math.isfinite(total) else None,
@@ -202,7 +224,25 @@ class SegmentationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Weights-only checkpoints skip the callbacks' hooks, so the EMA callback could not put
+        its averaged weights in: ask it here, and keep the file weights-only."""
+        if "optimizer_states" in checkpoint:  # a full checkpoint: the callbacks' hooks ran
+            return
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, WeightAveraging):
+                callback.on_save_checkpoint(self.trainer, self, checkpoint)
+                checkpoint.pop("current_model_state", None)
+                checkpoint.pop("averaging_state", None)
+
     def configure_callbacks(self) -> list[L.Callback]:
-        """The per-epoch preview grid travels with the module, whatever Trainer runs it."""
+        """Callbacks that travel with the module, whatever Trainer runs it: the per-epoch preview
+        grid, and Lightning's EMA of the weights (``optimizer.ema_decay``), which validation,
+        checkpoints and so exports use instead of the raw weights."""
+        callbacks: list[L.Callback] = []
         n = self.config.run.val_preview_images
-        return [ValidationPreview(n, self.config.data.ignore_index)] if n > 0 else []
+        if n > 0:
+            callbacks.append(ValidationPreview(n, self.config.data.ignore_index))
+        if self.config.optimizer.ema_decay is not None:
+            callbacks.append(EMAWeightAveraging(decay=self.config.optimizer.ema_decay))
+        return callbacks

@@ -66,7 +66,7 @@ def config_dict(data: dict[str, Any], runs: Path, **sections: Any) -> dict[str, 
         "optimizer": {"lr": 0.01},
         "scheduler": {"warmup_epochs": 0.5},
         "trainer": {**QUIET, "max_epochs": 2},
-        "run": {"dir": str(runs), "seed": 0, "val_preview_images": 0},
+        "run": {"dir": str(runs), "seed": 0, "val_preview_images": 0, "plan": False},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}

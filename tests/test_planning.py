@@ -1,0 +1,178 @@
+"""The plan: what it reads from small synthetic datasets, what it chooses, and that user keys win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segkit.cli import main
+from segkit.config import load_config
+from segkit.planning import (
+    UNLIMITED_EPOCHS,
+    Device,
+    apply_plan,
+    fingerprint,
+    make_plan,
+    plan_config,
+)
+
+CPU = Device("cpu", 2)
+GPU = Device("gpu", 16, 80.0)
+
+
+def _write(folder: Path, images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, str]:
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        for sub, array in (("images", image), ("masks", mask)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / sub / f"{i:02d}.png")
+    return {"images": str(folder / "images"), "masks": str(folder / "masks")}
+
+
+def _config(train: dict[str, str], **data):
+    return load_config(
+        {
+            "data": {"train": train, "val_fraction": 0.0, "num_workers": 0, **data},
+            "model": {"encoder_weights": None},
+        }
+    )
+
+
+def _decided(plan) -> dict:
+    return {d.key: d.value for d in plan.decisions}
+
+
+@pytest.fixture
+def imbalanced(tmp_path):
+    """8 gray 96x96 images; class 2 covers a 4x4 square in two of them (rare), 0/1 split halves."""
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for i in range(8):
+        mask = np.zeros((96, 96), np.uint8)
+        mask[:, 48:] = 1
+        if i < 2:
+            mask[10:14, 10:14] = 2
+        images.append(rng.integers(0, 256, (96, 96), dtype=np.uint8))
+        masks.append(mask)
+    return _write(tmp_path, images, masks)
+
+
+def test_fingerprint_measures_sizes_intensities_and_classes(imbalanced):
+    config = _config(imbalanced, classes=["a", "b", "rare"], in_channels=1)
+    fp = fingerprint(config)
+    assert fp.images == 8 and fp.median_size == (96, 96)
+    pixels = 8 * 96 * 96
+    rare_share = 2 * 16 / pixels
+    assert fp.class_share[2] == pytest.approx(rare_share)
+    assert fp.class_share[1] == pytest.approx(0.5)
+    assert fp.class_images == pytest.approx([1.0, 1.0, 0.25])
+    # uniform 0..255 noise scaled to [0, 1]
+    assert fp.mean[0] == pytest.approx(0.5, abs=0.01)
+    assert fp.std[0] == pytest.approx(0.289, abs=0.01)
+
+
+def test_imbalanced_data_gets_oversampling_and_dice(imbalanced):
+    config, plan = plan_config(_config(imbalanced, classes=["a", "b", "rare"], in_channels=1), CPU)
+    assert config.data.rare_classes == ["rare"] and config.data.oversample > 0
+    assert config.loss.dice > 0 and config.loss.ce > 0
+    assert "data.rare_classes" in plan.reasons()
+
+
+def test_balanced_binary_data_trains_on_cross_entropy(tmp_path):
+    rng = np.random.default_rng(1)
+    masks = [(rng.random((64, 64)) > 0.5).astype(np.uint8) for _ in range(4)]
+    images = [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(4)]
+    config, _ = plan_config(_config(_write(tmp_path, images, masks), in_channels=1), CPU)
+    assert config.loss.dice == 0 and config.loss.ce == 1
+    assert config.data.rare_classes == []
+
+
+def test_gray_images_get_their_own_normalisation_rgb_pretrained_keeps_imagenet(tmp_path):
+    rng = np.random.default_rng(2)
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(3)]
+    gray = [rng.integers(100, 140, (64, 64), dtype=np.uint8) for _ in range(3)]
+    config, _ = plan_config(_config(_write(tmp_path / "g", gray, masks), in_channels=1), CPU)
+    assert config.data.mean[0] == pytest.approx(119.5 / 255, abs=0.01)
+    assert config.data.std[0] == pytest.approx(11.5 / 255, abs=0.01)
+
+    rgb = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    train = _write(tmp_path / "c", rgb, masks)
+    pretrained = load_config(
+        {"data": {"train": train, "val_fraction": 0.0}, "model": {"encoder_weights": "imagenet"}}
+    )
+    planned, plan = plan_config(pretrained, CPU)
+    assert "data.mean" not in plan.reasons()
+    assert planned.data.resolved_mean() == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_mixed_sizes_set_the_patch_from_the_median_side(tmp_path):
+    sides = [(64, 64), (128, 96), (160, 160), (96, 128), (128, 128)]
+    images = [np.zeros(s, np.uint8) for s in sides]
+    masks = [np.zeros(s, np.uint8) for s in sides]
+    config = _config(_write(tmp_path, images, masks), in_channels=1)
+    fp = fingerprint(config)
+    assert (fp.min_side, fp.max_side) == (64, 160)
+    assert fp.median_size == (128, 128)
+    planned = apply_plan(config, make_plan(config, fp, CPU))
+    assert planned.data.patch_size == 128
+    on_gpu = apply_plan(config, make_plan(config, fp, GPU))
+    assert on_gpu.data.patch_size == 128  # never beyond the images, even where 512 fits
+    assert on_gpu.model.encoder == "resnet34" and on_gpu.data.steps_per_epoch == 250
+
+
+def test_tiny_dataset_still_gets_a_fixed_epoch_and_strong_augmentation(tmp_path):
+    images = [np.full((40, 40), 50 * i, np.uint8) for i in range(3)]
+    masks = [np.eye(40, dtype=np.uint8) for _ in range(3)]
+    config, plan = plan_config(_config(_write(tmp_path, images, masks), in_channels=1), CPU)
+    assert config.data.patch_size == 32
+    assert config.data.steps_per_epoch == 50
+    assert config.augment.rotate == 45.0
+    assert config.model.encoder == "resnet18"
+    # batch grows as the patch shrinks (about the same pixels per step), within the CPU's cap
+    assert config.data.batch_size == 32
+
+
+def test_user_keys_win_and_planning_twice_changes_nothing(imbalanced):
+    config = load_config(
+        {
+            "data": {
+                "train": imbalanced,
+                "val_fraction": 0.0,
+                "classes": ["a", "b", "rare"],
+                "in_channels": 1,
+                "patch_size": 48,
+            },
+            "model": {"encoder_weights": None},
+        },
+        overrides=["loss.dice=0", "trainer.max_time=00:00:01:00"],
+    )
+    planned, plan = plan_config(config, CPU)
+    assert planned.data.patch_size == 48 and planned.loss.dice == 0
+    assert {"data.patch_size", "loss.dice"} <= set(plan.kept)
+    assert planned.trainer.max_epochs == UNLIMITED_EPOCHS
+    again, second = plan_config(planned, CPU)
+    assert again == planned and second.decisions == []
+
+
+def test_plan_command_and_print_config_show_the_reasons(imbalanced, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": imbalanced, "classes": ["a", "b", "rare"], "in_channels": 1},
+                "model": {"encoder_weights": None},
+            }
+        )
+    )
+    assert main(["plan", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "data.rare_classes" in out and "class rare" in out
+    assert main(["train", str(cfg), "--print-config", "data.patch_size=64"]) == 0
+    printed = capsys.readouterr().out
+    assert "patch_size: 64\n" in printed  # the user's key, no plan comment
+    assert "steps_per_epoch: 50  # plan: " in printed
+    assert yaml.safe_load(printed)["data"]["rare_classes"] == ["rare"]

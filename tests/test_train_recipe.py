@@ -1,0 +1,183 @@
+"""The recipe's training parts: a time budget the schedule anneals over, fixed-length epochs,
+rare-class oversampling, and the warnings a finished run gives."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from segkit.config import load_config
+from segkit.data.datamodule import SegmentationDataModule, image_weights
+from segkit.data.synthetic import make_shapes_dataset
+from segkit.models.diagnostics import loss_gap, never_predicted
+from segkit.models.metrics import SegmentationMetrics
+from segkit.models.module import WarmupSchedule
+from segkit.training import train
+from tests.conftest import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp("recipe"), n_train=8, n_val=2, size=64)
+
+
+def _config(shapes, runs: Path, **sections):
+    cfg = {
+        "data": {
+            "train": {"images": str(shapes["train_images"]), "masks": str(shapes["train_masks"])},
+            "val": {"images": str(shapes["val_images"]), "masks": str(shapes["val_masks"])},
+            "classes": shapes["classes"],
+            "patch_size": 64,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "model": TINY_MODEL,
+        "trainer": {
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+        },
+        "run": {"dir": str(runs), "val_preview_images": 0},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return load_config(cfg)
+
+
+def test_schedule_follows_the_time_budget_and_ends_at_its_floor():
+    schedule = WarmupSchedule("cosine", warmup_steps=2, total_steps=None, min_ratio=0.1)
+    assert schedule(0) == pytest.approx(1 / 3)  # warm-up counts steps
+    schedule.time_progress = 0.5
+    assert schedule(100) == pytest.approx(0.1 + 0.9 * 0.5)
+    schedule.time_progress = 1.0
+    assert schedule(101) == pytest.approx(0.1)
+    # with both limits, whichever ends first: here the steps
+    both = WarmupSchedule("poly", 0, total_steps=10, time_progress=0.2)
+    assert both(10) == pytest.approx(0.0)
+
+
+def test_a_budgeted_run_stops_on_time_and_its_learning_rate_reaches_the_floor(shapes, tmp_path):
+    config = _config(
+        shapes,
+        tmp_path,
+        data={"steps_per_epoch": 5},
+        scheduler={"name": "cosine", "warmup_epochs": 0.2, "min_lr_ratio": 0.0},
+        trainer={"max_time": "00:00:00:12"},
+        run={"plan": True},
+    )
+    result = train(config)
+    assert result.plan is not None
+    assert any(d.key == "trainer.max_epochs" for d in result.plan.decisions)
+    with open(result.run_dir / "logs" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
+    peak = max(lrs)
+    assert len(lrs) > 5  # it trained several epochs' worth of steps before the budget ran out
+    assert lrs[-1] <= 0.05 * peak  # the last steps anneal to the floor
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] < 100  # stopped by time, not by epochs
+
+
+def test_an_epoch_is_steps_per_epoch_batches_whatever_the_dataset(shapes, tmp_path):
+    config = _config(shapes, tmp_path, data={"steps_per_epoch": 7, "batch_size": 3})
+    module = SegmentationDataModule(config)
+    module.setup("fit")
+    assert len(module.train_dataloader()) == 7
+    assert len(SegmentationDataModule(_config(shapes, tmp_path)).train_dataloader()) == 4
+
+
+def test_rare_class_images_are_drawn_the_oversample_share_and_crops_hold_them(tmp_path):
+    """6 images, class 'rare' (a 4x4 square) in only one: drawn 60% of the time, and then the
+    64px crop out of 128px holds it (albumentations' CropNonEmptyMaskIfExists)."""
+    from PIL import Image
+
+    for i in range(6):
+        mask = np.zeros((128, 128), np.uint8)
+        mask[:, 64:] = 1
+        if i == 0:
+            mask[100:104, 8:12] = 2
+        for sub, array in (("images", np.full((128, 128), 40 * i, np.uint8)), ("masks", mask)):
+            (tmp_path / sub).mkdir(exist_ok=True)
+            Image.fromarray(array).save(tmp_path / sub / f"{i}.png")
+    train = {"images": str(tmp_path / "images"), "masks": str(tmp_path / "masks")}
+    config = load_config(
+        {
+            "data": {
+                "train": train,
+                "val_fraction": 0.0,
+                "classes": ["a", "b", "rare"],
+                "in_channels": 1,
+                "patch_size": 64,
+                "batch_size": 4,
+                "steps_per_epoch": 250,
+                "num_workers": 0,
+                "rare_classes": ["rare"],
+                "oversample": 0.6,
+            },
+            "run": {"seed": 0},
+        }
+    )
+    module = SegmentationDataModule(config)
+    module.setup("fit")
+    weights = image_weights(module.train_dataset)
+    assert weights is not None and weights[0] / weights.sum() == pytest.approx(0.6)
+    rare_crops = sum(int((m == 2).any()) for b in module.train_dataloader() for m in b["mask"])
+    # 1000 crops: 60% drawn from the rare image, 60% of those centred on the rare square (a
+    # plain random crop holds it 5% of the time: 1% of all crops without oversampling)
+    assert 0.25 < rare_crops / 1000 < 0.5
+
+
+def test_warnings_name_a_class_never_predicted_and_a_loss_gap():
+    matrix = np.array([[50, 0, 0], [10, 30, 0], [5, 5, 0]])  # class c: truth 10, predicted 0
+    metrics = SegmentationMetrics(matrix, ["a", "b", "c"])
+    (warning,) = never_predicted(metrics)
+    assert "'c'" in warning and "data.rare_classes=[c]" in warning
+    assert loss_gap(0.2, 1.5) and not loss_gap(0.2, 0.3) and not loss_gap(None, 1.0)
+
+
+class _OneClassModel(L.Callback):
+    """Makes the network answer class 0 everywhere (its head: zero weights, a large bias)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        head = pl_module.model.segmentation_head[0]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([50.0] + [0.0] * (head.bias.numel() - 1)))
+
+
+def test_a_run_that_predicts_one_class_warns(shapes, tmp_path):
+    config = _config(
+        shapes,
+        tmp_path,
+        optimizer={"lr": 1e-12},
+        trainer={"max_epochs": 1, "limit_train_batches": 1},
+        run={"plan": False},
+    )
+    result = train(config, callbacks=[_OneClassModel()])
+    names = config.data.classes[1:]
+    assert [w.split("'")[1] for w in result.warnings if "never predicted" in w] == names
+
+
+def test_ema_weights_are_what_the_checkpoints_hold(shapes, tmp_path):
+    config = _config(
+        shapes,
+        tmp_path,
+        optimizer={"ema_decay": 0.5},
+        trainer={"max_epochs": 2},
+        run={"plan": False},
+    )
+    result = train(config)
+    last = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    raw, averaged = last["current_model_state"], last["state_dict"]
+    name = "model.segmentation_head.0.weight"
+    assert not torch.equal(raw[name], averaged[name])  # the checkpoint's weights are the EMA's
+    from segkit.bundle import load_bundle
+
+    model = load_bundle(result.last_checkpoint).build_model()
+    assert torch.equal(model.state_dict()["segmentation_head.0.weight"], averaged[name])
