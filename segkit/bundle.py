@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,19 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)"
         )
     return Bundle(path=path, config=config, hparams=dict(hparams), state_dict=state)
+
+
+def update_hparams(path: str | Path, update: Callable[[dict[str, Any]], None]) -> None:
+    """Change the stored facts of the checkpoint at ``path`` in place (``update`` edits its
+    hyper-parameters dict), rewriting the file atomically: decisions made after training."""
+    ckpt = load_checkpoint_dict(path)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "config" not in hparams:
+        raise ModelError(f"{path}: not a segkit checkpoint (no hyper_parameters.config)")
+    update(hparams)
+    load_config(hparams["config"])  # still a valid config
+    with atomic_path(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def save_bundle(

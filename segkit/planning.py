@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,7 +179,7 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     pixels = (16 if gpu and device.gpu_memory_gb >= 20 else 8) * (largest / patch) ** 2
     batch = int(min(64 if gpu else 32, max(2, round(pixels))))
     choose("data.batch_size", batch, f"{patch}px crops: about as many pixels per step as fit")
-    steps = 250 if gpu else 50
+    steps = 250 if gpu else 100
     choose(
         "data.steps_per_epoch",
         steps,
@@ -219,6 +220,11 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
         f"{fp.images} training images: {'strong' if few else 'mild'} rotation",
     )
     choose("augment.gamma", 0.3, "intensity changes the images do not show")
+    choose(
+        "predict.tta",
+        "none",
+        "flip TTA is switched on after training where it measurably pays on validation",
+    )
     if config.trainer.model_extra and config.trainer.model_extra.get("max_time"):
         choose("trainer.max_epochs", UNLIMITED_EPOCHS, "trainer.max_time ends the run")
     return plan
@@ -277,3 +283,24 @@ def annotated_yaml(config: SegkitConfig, plan: Plan | None) -> str:
             line = f"{line}  # plan: {reasons[f'{section}.{key.group(1)}']}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+TTA_GAIN = 0.001  # val mIoU that flip TTA must add to be worth four network passes per tile
+
+
+def measured_tta(
+    checkpoint: Path, pairs: list[tuple[Path, Path]], without: float, device: str | None
+) -> Decision | None:
+    """After training: flip TTA for ``predict.tta`` when it raises the validation mIoU of
+    ``checkpoint`` (``without``: its mIoU without TTA) by at least ``TTA_GAIN``, else None."""
+    from segkit.evaluation import evaluate_pairs
+
+    with_tta = evaluate_pairs(checkpoint, pairs, device=device, tta="flip").miou
+    if not with_tta >= without + TTA_GAIN:
+        return None
+    return Decision(
+        "predict.tta",
+        "flip",
+        f"measured on validation: mIoU {without:.4f} -> {with_tta:.4f} with flips "
+        "(4 network passes per tile; --tta none to skip)",
+    )

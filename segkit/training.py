@@ -376,6 +376,8 @@ def train(
             best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json"
         )
         payload = metrics.to_dict()
+        if plan is not None and "predict.tta" in plan.reasons():
+            _decide_tta(best, datamodule.val_pairs, metrics.miou, device, plan)
     payload = trainer.strategy.broadcast(payload, src=0)
     if not opened_by_caller:
         _close_process_group()
@@ -390,6 +392,20 @@ def train(
             metrics, _logged(trainer, "train/loss_epoch"), _logged(trainer, "val/loss")
         ),
     )
+
+
+def _decide_tta(
+    best: Path, pairs: list[tuple[Path, Path]], miou: float, device: str, plan: Plan
+) -> None:
+    """Store ``predict.tta: flip`` in the best checkpoint when the plan measures that it pays."""
+    from segkit.bundle import update_hparams
+    from segkit.planning import measured_tta
+
+    decision = measured_tta(best, pairs, miou, device)
+    if decision is None:
+        return
+    update_hparams(best, lambda h: h["config"]["predict"].update(tta=decision.value))
+    plan.decisions = [d for d in plan.decisions if d.key != decision.key] + [decision]
 
 
 def _logged(trainer: L.Trainer, key: str) -> float | None:

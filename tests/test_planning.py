@@ -127,7 +127,7 @@ def test_tiny_dataset_still_gets_a_fixed_epoch_and_strong_augmentation(tmp_path)
     masks = [np.eye(40, dtype=np.uint8) for _ in range(3)]
     config, plan = plan_config(_config(_write(tmp_path, images, masks), in_channels=1), CPU)
     assert config.data.patch_size == 32
-    assert config.data.steps_per_epoch == 50
+    assert config.data.steps_per_epoch == 100
     assert config.augment.rotate == 45.0
     assert config.model.encoder == "resnet18"
     # batch grows as the patch shrinks (about the same pixels per step), within the CPU's cap
@@ -174,5 +174,35 @@ def test_plan_command_and_print_config_show_the_reasons(imbalanced, tmp_path, ca
     assert main(["train", str(cfg), "--print-config", "data.patch_size=64"]) == 0
     printed = capsys.readouterr().out
     assert "patch_size: 64\n" in printed  # the user's key, no plan comment
-    assert "steps_per_epoch: 50  # plan: " in printed
+    assert "steps_per_epoch: 100  # plan: " in printed
     assert yaml.safe_load(printed)["data"]["rare_classes"] == ["rare"]
+
+
+def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import segkit.evaluation
+    from segkit.bundle import load_bundle, save_bundle, update_hparams
+    from segkit.models.build import build_model
+    from segkit.planning import TTA_GAIN, measured_tta
+    from tests.conftest import TINY_MODEL
+
+    config = load_config({"model": TINY_MODEL, "data": {"in_channels": 1}})
+    path = save_bundle(tmp_path / "best.ckpt", config, build_model(config.model, 2, 1))
+    gains = {"flip": 0.0}
+    monkeypatch.setattr(
+        segkit.evaluation,
+        "evaluate_pairs",
+        lambda *a, tta=None, **k: SimpleNamespace(miou=0.5 + gains[tta]),
+    )
+    assert measured_tta(path, [], 0.5, "cpu") is None
+    gains["flip"] = 2 * TTA_GAIN
+    decision = measured_tta(path, [], 0.5, "cpu")
+    assert (
+        decision is not None and decision.value == "flip" and "0.5000 -> 0.5020" in decision.reason
+    )
+    update_hparams(path, lambda h: h["config"]["predict"].update(tta=decision.value))
+    assert load_bundle(path).config.predict.tta == "flip"
+    with pytest.raises(Exception, match="predict.tta"):
+        update_hparams(path, lambda h: h["config"]["predict"].update(tta="sideways"))
+    assert load_bundle(path).config.predict.tta == "flip"  # a refused change leaves the file
