@@ -94,15 +94,14 @@ def run_segkit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "batch": planned["data"]["batch_size"],
         "loss": {k: v for k, v in planned["loss"].items() if v},
     }
-    steps = _last_step(run / "logs" / "metrics.csv")
+    steps = _optimizer_steps(run / "last.ckpt")
     return {"train_s": train_s, "steps": steps, "recipe": recipe} | bench_train.score(preds, labels)
 
 
-def _last_step(csv_path: Path) -> int:
-    import csv
+def _optimizer_steps(checkpoint: Path) -> int:
+    import torch
 
-    with open(csv_path, newline="") as f:
-        return max(int(r["step"]) for r in csv.DictReader(f) if (r.get("step") or "").isdigit())
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"])
 
 
 def run_plain(args: argparse.Namespace) -> dict[str, Any]:

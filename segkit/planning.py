@@ -211,7 +211,10 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     choose(
         "optimizer.name", "adamw", "AdamW: robust without tuning from random or pretrained weights"
     )
-    choose("optimizer.lr", 1.0e-3, "AdamW's usual peak rate for U-Nets")
+    if config.model.encoder_weights is None:
+        choose("optimizer.lr", 3.0e-3, "from random weights a higher peak rate learns faster")
+    else:
+        choose("optimizer.lr", 1.0e-3, "pretrained weights: a peak rate that keeps them")
     choose("scheduler.name", "cosine", "cosine decay to zero: the last steps anneal")
     few = fp.images < 100
     choose(

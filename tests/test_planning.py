@@ -96,6 +96,7 @@ def test_gray_images_get_their_own_normalisation_rgb_pretrained_keeps_imagenet(t
     config, _ = plan_config(_config(_write(tmp_path / "g", gray, masks), in_channels=1), CPU)
     assert config.data.mean[0] == pytest.approx(119.5 / 255, abs=0.01)
     assert config.data.std[0] == pytest.approx(11.5 / 255, abs=0.01)
+    assert config.optimizer.lr == 3e-3  # random weights
 
     rgb = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     train = _write(tmp_path / "c", rgb, masks)
@@ -105,6 +106,7 @@ def test_gray_images_get_their_own_normalisation_rgb_pretrained_keeps_imagenet(t
     planned, plan = plan_config(pretrained, CPU)
     assert "data.mean" not in plan.reasons()
     assert planned.data.resolved_mean() == pytest.approx([0.485, 0.456, 0.406])
+    assert planned.optimizer.lr == 1e-3  # pretrained weights
 
 
 def test_mixed_sizes_set_the_patch_from_the_median_side(tmp_path):
