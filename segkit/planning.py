@@ -222,7 +222,17 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
         45.0 if few else 15.0,
         f"{fp.images} training images: {'strong' if few else 'mild'} rotation",
     )
+    if few:
+        choose("augment.scale", [0.85, 1.2], f"{fp.images} training images: random zoom")
+    choose("augment.color_jitter", 0.5, "brightness and contrast the images do not show")
     choose("augment.gamma", 0.3, "intensity changes the images do not show")
+    whole = min(1024, -(-max(fp.median_size) // 32) * 32)
+    if whole > patch:
+        choose(
+            "predict.tile",
+            whole,
+            f"predict typical {max(fp.median_size)}px images in one tile: full context, no seams",
+        )
     choose(
         "predict.tta",
         "none",

@@ -208,3 +208,20 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="predict.tta"):
         update_hparams(path, lambda h: h["config"]["predict"].update(tta="sideways"))
     assert load_bundle(path).config.predict.tta == "flip"  # a refused change leaves the file
+
+
+def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
+    from segkit.planning import Fingerprint
+
+    fp = Fingerprint(25, 25, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0])
+    config = load_config(
+        {
+            "data": {"classes": ["membrane", "cell"], "mask_encoding": "binary", "in_channels": 1},
+            "model": {"encoder_weights": None},
+        }
+    )
+    planned = apply_plan(config, make_plan(config, fp, CPU))
+    assert planned.data.patch_size == 256 and planned.data.batch_size == 8
+    assert planned.predict.tile == 512  # one tile per slice
+    assert planned.loss.dice == 0 and planned.optimizer.lr == 3e-3
+    assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
