@@ -236,7 +236,7 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     choose(
         "predict.tta",
         "none",
-        "flip TTA is switched on after training where it measurably pays on validation",
+        "TTA (flip or d4) is switched on after training where it measurably pays on validation",
     )
     if config.trainer.model_extra and config.trainer.model_extra.get("max_time"):
         choose("trainer.max_epochs", UNLIMITED_EPOCHS, "trainer.max_time ends the run")
@@ -298,22 +298,30 @@ def annotated_yaml(config: SegkitConfig, plan: Plan | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-TTA_GAIN = 0.001  # val mIoU that flip TTA must add to be worth four network passes per tile
+TTA_GAIN = 0.001  # val mIoU a TTA mode must add (over the next cheaper one) to be worth its passes
+TTA_PASSES = {"flip": 4, "d4": 8}
 
 
 def measured_tta(
     checkpoint: Path, pairs: list[tuple[Path, Path]], without: float, device: str | None
 ) -> Decision | None:
-    """After training: flip TTA for ``predict.tta`` when it raises the validation mIoU of
-    ``checkpoint`` (``without``: its mIoU without TTA) by at least ``TTA_GAIN``, else None."""
+    """After training: the TTA mode for ``predict.tta`` that raises the validation mIoU of
+    ``checkpoint`` (``without``: its mIoU without TTA) by at least ``TTA_GAIN`` over the next
+    cheaper mode (none < flip < d4), or None when neither pays."""
     from segkit.evaluation import evaluate_pairs
 
-    with_tta = evaluate_pairs(checkpoint, pairs, device=device, tta="flip").miou
-    if not with_tta >= without + TTA_GAIN:
+    best_mode, best = "none", without
+    scores = {}
+    for mode in TTA_PASSES:
+        scores[mode] = evaluate_pairs(checkpoint, pairs, device=device, tta=mode).miou
+        if scores[mode] >= best + TTA_GAIN:
+            best_mode, best = mode, scores[mode]
+    if best_mode == "none":
         return None
+    measured = ", ".join(f"{mode} {score:.4f}" for mode, score in scores.items())
     return Decision(
         "predict.tta",
-        "flip",
-        f"measured on validation: mIoU {without:.4f} -> {with_tta:.4f} with flips "
-        "(4 network passes per tile; --tta none to skip)",
+        best_mode,
+        f"measured on validation: mIoU {without:.4f} without TTA, {measured} "
+        f"({TTA_PASSES[best_mode]} network passes per tile; --tta none to skip)",
     )

@@ -397,7 +397,7 @@ def train(
 def _decide_tta(
     best: Path, pairs: list[tuple[Path, Path]], miou: float, device: str, plan: Plan
 ) -> None:
-    """Store ``predict.tta: flip`` in the best checkpoint when the plan measures that it pays."""
+    """Store a TTA mode in the best checkpoint's predict defaults when the plan measures it pays."""
     from segkit.bundle import update_hparams
     from segkit.planning import measured_tta
 

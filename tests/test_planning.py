@@ -191,18 +191,19 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
 
     config = load_config({"model": TINY_MODEL, "data": {"in_channels": 1}})
     path = save_bundle(tmp_path / "best.ckpt", config, build_model(config.model, 2, 1))
-    gains = {"flip": 0.0}
+    gains = {"flip": 0.0, "d4": TTA_GAIN / 2}
     monkeypatch.setattr(
         segkit.evaluation,
         "evaluate_pairs",
         lambda *a, tta=None, **k: SimpleNamespace(miou=0.5 + gains[tta]),
     )
-    assert measured_tta(path, [], 0.5, "cpu") is None
-    gains["flip"] = 2 * TTA_GAIN
+    assert measured_tta(path, [], 0.5, "cpu") is None  # neither pays
+    gains.update(flip=2 * TTA_GAIN, d4=2.5 * TTA_GAIN)
     decision = measured_tta(path, [], 0.5, "cpu")
-    assert (
-        decision is not None and decision.value == "flip" and "0.5000 -> 0.5020" in decision.reason
-    )
+    assert decision is not None and decision.value == "flip"  # d4 adds too little over flip
+    assert "0.5000 without TTA, flip 0.5020" in decision.reason
+    gains["d4"] = 3 * TTA_GAIN
+    assert measured_tta(path, [], 0.5, "cpu").value == "d4"
     update_hparams(path, lambda h: h["config"]["predict"].update(tta=decision.value))
     assert load_bundle(path).config.predict.tta == "flip"
     with pytest.raises(Exception, match="predict.tta"):
