@@ -197,17 +197,8 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     if rare:
         choose("data.rare_classes", rare, f"under {RARE_SHARE:.0%} of the labelled pixels")
         choose("data.oversample", 0.33, "a third of the crops hold a rare-class pixel")
-    least = min(fp.class_share)
-    if rare or least < 0.1 or data.num_classes > 2:
-        choose("loss.dice", 1.0, "Dice weighs every class alike, whatever its pixel count")
-        choose("loss.ce", 1.0, "cross-entropy for calibrated per-pixel decisions")
-    else:
-        choose(
-            "loss.dice",
-            0.0,
-            "classes are balanced: cross-entropy alone, which minimises pixel errors",
-        )
-        choose("loss.ce", 1.0, "cross-entropy minimises the per-pixel error")
+    choose("loss.dice", 1.0, "Dice weighs every class alike, whatever its pixel count")
+    choose("loss.ce", 1.0, "cross-entropy for per-pixel decisions; with Dice, no worse than alone")
     choose(
         "optimizer.name", "adamw", "AdamW: robust without tuning from random or pretrained weights"
     )

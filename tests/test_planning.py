@@ -80,13 +80,13 @@ def test_imbalanced_data_gets_oversampling_and_dice(imbalanced):
     assert "data.rare_classes" in plan.reasons()
 
 
-def test_balanced_binary_data_trains_on_cross_entropy(tmp_path):
+def test_balanced_binary_data_has_no_rare_class_and_trains_on_dice_plus_ce(tmp_path):
     rng = np.random.default_rng(1)
     masks = [(rng.random((64, 64)) > 0.5).astype(np.uint8) for _ in range(4)]
     images = [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(4)]
     config, _ = plan_config(_config(_write(tmp_path, images, masks), in_channels=1), CPU)
-    assert config.loss.dice == 0 and config.loss.ce == 1
-    assert config.data.rare_classes == []
+    assert config.loss.dice == 1 and config.loss.ce == 1
+    assert config.data.rare_classes == [] and config.data.oversample == 0
 
 
 def test_gray_images_get_their_own_normalisation_rgb_pretrained_keeps_imagenet(tmp_path):
@@ -224,5 +224,5 @@ def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     planned = apply_plan(config, make_plan(config, fp, CPU))
     assert planned.data.patch_size == 256 and planned.data.batch_size == 8
     assert planned.predict.tile == 512  # one tile per slice
-    assert planned.loss.dice == 0 and planned.optimizer.lr == 3e-3
+    assert planned.loss.dice == 1 and planned.optimizer.lr == 3e-3
     assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
