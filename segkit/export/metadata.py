@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from segkit.card import ModelInfo
 from segkit.config import DataConfig
 from segkit.data.palette import default_colors
 from segkit.errors import ModelError
-from segkit.inference.backend import ModelInfo
 
 DEFAULT_STRIDE = 32
 

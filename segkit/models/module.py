@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from segkit.bundle import bundle_hparams
+from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
