@@ -120,3 +120,70 @@ def test_no_import_circles_between_packages() -> None:
     """A package is one layer: inference must not need export while export needs inference."""
     cycle = find_cycle(package_graph(import_graph()))
     assert cycle is None, "import circle between packages: " + " -> ".join(cycle or [])
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_library_uses(sources: dict[str, str]) -> list[str]:
+    """Places where segkit code reaches into another library's private API: an import from a
+    ``_``-prefixed module or of a ``_``-prefixed name from outside segkit, ``obj._name`` on
+    anything but ``self``/``cls``, and ``self._name`` that no segkit class defines (so it was
+    inherited from a library base class, as ``CSVLogger._experiment`` / ``._fs`` were)."""
+    trees = {name: ast.parse(text) for name, text in sources.items()}
+    defined: set[str] = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                defined.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            where = f"{name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] == "segkit":
+                    continue
+                if any(_private(part) for part in node.module.split(".")) or any(
+                    _private(a.name) for a in node.names
+                ):
+                    found.append(f"{where}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                found += [f"{where}: import {a.name}" for a in node.names if "._" in a.name]
+            elif isinstance(node, ast.Attribute) and _private(node.attr):
+                on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if not on_self or node.attr not in defined:
+                    found.append(f"{where}: {ast.unparse(node)}")
+    return found
+
+
+def test_private_library_uses_are_found() -> None:
+    old_logger = """
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.utilities.cloud_io import _is_dir
+from lightning.pytorch.trainer.connectors._x import y
+
+class W(ExperimentWriter):
+    def _rewrite_with_new_header(self, keys):
+        self._mine = 1
+        return self._mine, self._fs, trainer._accelerator_connector
+"""
+    found = private_library_uses({"old": old_logger})
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "from lightning.fabric.utilities.cloud_io import ...",
+        "from lightning.pytorch.trainer.connectors._x import ...",
+        "self._fs",
+        "trainer._accelerator_connector",
+    ]
+
+
+def test_segkit_uses_no_private_library_api() -> None:
+    sources = {name: path.read_text() for name, path in _modules().items()}
+    assert private_library_uses(sources) == []
+    text = "\n".join(sources.values())
+    for name in ("_rewrite_with_new_header", "_experiment", "_fs", "ExperimentWriter"):
+        assert name not in text, name
