@@ -1,13 +1,15 @@
 """``segkit train``: check the data, fit with Lightning, keep the best checkpoint, report metrics.
 
 Everything a run writes lives in one folder: ``config.yaml`` (resolved), ``best.ckpt`` and
-``last.ckpt`` (segkit bundles, written atomically), ``logs/metrics.csv``, ``tensorboard/``,
-``previews/epoch_NNN.png`` and ``metrics.json`` (the best checkpoint evaluated on val).
+``last.ckpt`` (segkit bundles, written atomically), ``logs/metrics.csv``, ``tensorboard/`` (with
+the tensorboard extra), ``previews/epoch_NNN.png`` and ``metrics.json`` (the best checkpoint
+evaluated on val).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import os
 import sys
@@ -29,7 +31,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from segkit.config import SegkitConfig, save_config
 from segkit.errors import ConfigError
@@ -190,6 +192,14 @@ def _write_csv(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) ->
         writer.writerows(rows)
 
 
+def tensorboard_available() -> bool:
+    """Lightning's TensorBoardLogger writes through tensorboard or tensorboardX (the
+    ``segkit[tensorboard]`` extra); without either, training logs to CSV alone."""
+    return any(
+        importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")
+    )
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the temporaries a killed run left in its folder (a half-written ``.last.*.tmp.ckpt``)."""
     for path in run_dir.rglob(".*"):
@@ -337,10 +347,13 @@ def build_trainer(
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:
-        loggers = [
-            ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from),
-            TensorBoardLogger(run_dir, name="tensorboard", version=""),
-        ]
+        loggers = [ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from)]
+        if tensorboard_available():
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        else:
+            rank_zero_info(
+                "TensorBoard is not installed: logs/metrics.csv only (segkit[tensorboard])"
+            )
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
     kwargs.pop("default_root_dir", None)
@@ -420,7 +433,7 @@ def train(
 
     last = run_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    payload = None
+    payload: dict[str, Any] = {}  # rank 0 fills it; the broadcast hands it to the others
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
         metrics = evaluate_pairs(

@@ -435,7 +435,7 @@ def predict_source(
     if max_pixels is not None and max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     items = find_inputs(source, exclude=output)
-    options = {
+    options: dict[str, Any] = {
         "tile": tile,
         "overlap": overlap,
         "blend": blend,
@@ -445,7 +445,7 @@ def predict_source(
         "mean": mean,
         "std": std,
     }
-    run_options = {
+    run_options: dict[str, Any] = {
         "save": save,
         "probs_dtype": probs_dtype,
         "skip_existing": skip_existing,

@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
@@ -169,7 +170,7 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(values, sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Optimiser from ``config.optimizer`` (no weight decay on norms and biases) and a
         per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``."""
         opt = self.config.optimizer
