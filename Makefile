@@ -17,7 +17,7 @@ $(BIN)/python:
 # The benchmark extra (MONAI) too: the tests compare the tiler with it and would skip without it.
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[test,benchmark]"
+	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[dev,benchmark]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,29 +20,13 @@ import torch
 from torch import nn
 
 from segkit import __version__
+from segkit.card import BUNDLE_FORMAT as BUNDLE_FORMAT  # re-exported: its home is segkit.card
+from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
-from segkit.data.palette import class_colors
 from segkit.errors import ConfigError, ModelError
 from segkit.utils import atomic_path
 
-BUNDLE_FORMAT = 1
 STATE_PREFIX = "model."
-
-
-def bundle_hparams(config: SegkitConfig, stride: int = 32) -> dict[str, Any]:
-    """The plain-data facts stored in every checkpoint (``LightningModule.save_hyperparameters``)."""
-    data = config.data
-    return {
-        "bundle_format": BUNDLE_FORMAT,
-        "segkit_version": __version__,
-        "config": config.to_dict(),
-        "classes": list(data.classes),
-        "colors": class_colors(data.classes, data.palette).tolist(),
-        "in_channels": data.in_channels,
-        "mean": data.resolved_mean(),
-        "std": data.resolved_std(),
-        "stride": int(stride),
-    }
 
 
 @dataclass

@@ -11,7 +11,7 @@ import difflib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
-def is_weights_file(weights: str | None, base: Path | None = None) -> bool:
+def is_weights_file(weights: str | None, base: Path | None = None) -> TypeGuard[str]:
     """True when ``encoder_weights`` names a local file rather than a weight set like 'imagenet'.
 
     The one rule for both the config (which resolves such a path against the config's folder,
@@ -648,7 +648,7 @@ def config_reference() -> list[tuple[str, str, str]]:
         section = field.annotation
         assert isinstance(section, type) and issubclass(section, BaseModel)
         for key, sub in section.model_fields.items():
-            default = sub.default if sub.default_factory is None else sub.default_factory()
+            default = sub.get_default(call_default_factory=True)
             rows.append(
                 (f"{section_name}.{key}", json.dumps(default, default=str), sub.description or "")
             )

@@ -112,7 +112,9 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     chosen = sorted(rng.permutation(len(pairs))[:MAX_SAMPLED_IMAGES].tolist())
     dataset = SegmentationDataset([pairs[i] for i in chosen], data)
     k = data.num_classes
-    sizes, pixel_sum, pixel_sq, pixel_n = [], 0.0, 0.0, 0
+    sizes: list[tuple[int, int]] = []
+    pixel_sum = pixel_sq = np.zeros(data.in_channels, np.float64)
+    pixel_n = 0
     counts = np.zeros(k, np.int64)
     present = np.zeros(k, np.int64)
     for i in range(len(dataset)):

@@ -1,17 +1,20 @@
 """``segkit train``: check the data, fit with Lightning, keep the best checkpoint, report metrics.
 
 Everything a run writes lives in one folder: ``config.yaml`` (resolved), ``best.ckpt`` and
-``last.ckpt`` (segkit bundles, written atomically), ``logs/metrics.csv``, ``tensorboard/``,
-``previews/epoch_NNN.png`` and ``metrics.json`` (the best checkpoint evaluated on val).
+``last.ckpt`` (segkit bundles, written atomically), ``logs/metrics.csv``, ``tensorboard/`` (with
+the tensorboard extra), ``previews/epoch_NNN.png`` and ``metrics.json`` (the best checkpoint
+evaluated on val).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import io
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from inspect import signature
 from pathlib import Path
@@ -19,7 +22,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -27,9 +29,9 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from segkit.config import SegkitConfig, save_config
 from segkit.errors import ConfigError
@@ -70,18 +72,120 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class _AtomicExperimentWriter(ExperimentWriter):
-    """Rewrites ``metrics.csv`` (needed whenever a new column appears) through a temporary file.
+METRICS_FILE = "metrics.csv"
 
-    Lightning truncates the file and writes it again, so a run killed at that moment, which is
-    right around a checkpoint (the epoch-end columns appear then), lost its whole history.
+
+class ResumableCSVLogger(Logger):
+    """``<save_dir>/<name>/metrics.csv``, one row per ``log_metrics`` call, that survives kills
+    and resumes (Lightning's public ``Logger`` API; its own CSVLogger deletes the file on start).
+
+    A resumed run keeps the complete rows logged before the checkpoint's step and drops those at
+    or after it: a killed run logged them after its last checkpoint and the resumed run logs those
+    steps again, so every step appears exactly once. Rows are appended; when a new column appears
+    the file is rewritten through a temporary (a kill then would otherwise lose the history).
     """
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        path = Path(self.metrics_file_path)
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        _write_csv(path, fieldnames, rows)
+    def __init__(
+        self,
+        save_dir: str | Path,
+        name: str = "logs",
+        version: str = "",
+        resume_from: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+        self._name = name
+        self._version = version
+        self._resume_from = resume_from
+        self._keys: list[str] | None = None  # None: the file has not been opened yet
+        self._pending: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.root_dir, self._version)
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.log_dir) / METRICS_FILE
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Not written: the run folder's config.yaml and the checkpoint hold them."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self._pending) if step is None else step
+        self._pending.append(row)
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Write the rows logged since the last save (Lightning calls this after every log)."""
+        if self._keys is None:
+            self._keys = self._start()
+        if not self._pending:
+            return
+        new = set().union(*self._pending) - set(self._keys)
+        path = self.metrics_path
+        if new or not path.is_file():
+            keys = sorted({*self._keys, *new})
+            _write_csv(path, keys, [*_read_rows(path), *self._pending])
+            self._keys = keys
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._keys).writerows(self._pending)
+        self._pending = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def _start(self) -> list[str]:
+        """The columns of the file this run continues: the kept history of a resumed run, or
+        none (an earlier file is replaced) for a new one."""
+        path = self.metrics_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._resume_from is None or not path.is_file():
+            path.unlink(missing_ok=True)
+            return []
+        step = int(
+            torch.load(self._resume_from, map_location="cpu", weights_only=True, mmap=True)[
+                "global_step"
+            ]
+        )
+        kept = [
+            r for r in _read_rows(path) if (r.get("step") or "").isdigit() and int(r["step"]) < step
+        ]
+        keys = sorted(set().union(*kept)) if kept else []
+        _write_csv(path, keys, kept)
+        return keys
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The complete rows of a metrics CSV: a last line a kill cut short is left out."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return [r for r in rows if None not in r.values() and None not in r]
 
 
 def _write_csv(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> None:
@@ -91,48 +195,12 @@ def _write_csv(path: Path, fieldnames: list[str], rows: list[dict[str, Any]]) ->
         writer.writerows(rows)
 
 
-class ResumableCSVLogger(CSVLogger):
-    """A CSVLogger whose ``metrics.csv`` survives kills and resumes.
-
-    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts, so a resumed run lost
-    every row logged before it. This one keeps the complete rows logged before the checkpoint's
-    step and drops those at or after it: a killed run logged them after its last checkpoint and
-    the resumed run logs those steps again, so every step appears exactly once.
-    """
-
-    def __init__(self, *args: Any, resume_from: Path | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._resume_from = resume_from
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is not None:
-            return self._experiment
-        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
-        kept: list[dict[str, str]] = []
-        if self._resume_from is not None and path.is_file():
-            step = int(
-                torch.load(self._resume_from, map_location="cpu", weights_only=True, mmap=True)[
-                    "global_step"
-                ]
-            )
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)  # a row cut short by a kill has None fields: dropped
-                kept = [
-                    r
-                    for r in reader
-                    if None not in r.values()
-                    and (r.get("step") or "").isdigit()
-                    and int(r["step"]) < step
-                ]
-        self._fs.makedirs(self.root_dir, exist_ok=True)
-        self._experiment = _AtomicExperimentWriter(log_dir=self.log_dir)  # deletes metrics.csv
-        if kept:
-            keys = sorted(set().union(*kept))
-            _write_csv(path, keys, kept)
-            self._experiment.metrics_keys = keys
-        return self._experiment
+def tensorboard_available() -> bool:
+    """Lightning's TensorBoardLogger writes through tensorboard or tensorboardX (the
+    ``segkit[tensorboard]`` extra); without either, training logs to CSV alone."""
+    return any(
+        importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX")
+    )
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -282,10 +350,13 @@ def build_trainer(
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:
-        loggers = [
-            ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from),
-            TensorBoardLogger(run_dir, name="tensorboard", version=""),
-        ]
+        loggers = [ResumableCSVLogger(run_dir, name="logs", version="", resume_from=resume_from)]
+        if tensorboard_available():
+            loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
+        else:
+            rank_zero_info(
+                "TensorBoard is not installed: logs/metrics.csv only (segkit[tensorboard])"
+            )
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     plugins = [AtomicCheckpointIO(), *(kwargs.pop("plugins", None) or [])]
     kwargs.pop("default_root_dir", None)
@@ -369,7 +440,7 @@ def train(
 
     last = run_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    payload = None
+    payload: dict[str, Any] = {}  # rank 0 fills it; the broadcast hands it to the others
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
         metrics = evaluate_pairs(

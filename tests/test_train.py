@@ -333,3 +333,14 @@ def test_ddp_on_two_cpu_processes_reduces_the_confusion_matrix(tmp_path):
         assert not res["group_open"]  # closed by train(), not left to gloo at interpreter exit
     assert (tmp_path / "runs" / "ddp" / "best.ckpt").is_file()
     assert not (tmp_path / "runs" / "ddp-2").exists()
+
+
+def test_training_logs_to_csv_alone_without_tensorboard(tmp_path, monkeypatch):
+    """TensorBoard is an extra: without it the trainer still logs, to metrics.csv."""
+    import segkit.training
+
+    config = load_config({"trainer": dict(QUIET)})
+    assert segkit.training.tensorboard_available()  # the dev extra installs it
+    monkeypatch.setattr(segkit.training, "tensorboard_available", lambda: False)
+    trainer, _ = build_trainer(config, tmp_path)
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger"]

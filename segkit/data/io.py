@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -404,7 +404,8 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
                 if array.ndim == 3 and array.shape[2] == 3 and array.dtype in (np.uint8, np.uint16)
                 else "minisblack"
             )
-            extra = {"planarconfig": "contig"} if array.ndim == 3 else {}  # H x W x C, not C pages
+            # H x W x C, not C pages
+            extra: dict[str, Any] = {"planarconfig": "contig"} if array.ndim == 3 else {}
             tifffile.imwrite(tmp, array, photometric=photometric, compression="zlib", **extra)
             return
         if array.ndim == 3 and array.shape[2] == 1:

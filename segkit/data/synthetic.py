@@ -38,7 +38,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     grid = rng.normal(0.0, 1.0, (6, 6, 3)).astype(np.float32)
     smooth = np.asarray(
         Image.fromarray(((grid + 3) * 40).clip(0, 255).astype(np.uint8)).resize(
-            (size, size), Image.BICUBIC
+            (size, size), Image.Resampling.BICUBIC
         ),
         dtype=np.float64,
     )

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from segkit.card import ModelInfo
 from segkit.config import DataConfig
 from segkit.data.palette import default_colors
 from segkit.errors import ModelError
-from segkit.inference.backend import ModelInfo
 
 DEFAULT_STRIDE = 32
 
@@ -111,7 +111,7 @@ def onnx_model_info(
         for label, values in (("mean", mean), ("std", std)):
             if len(values or []) != in_channels:
                 raise ModelError(
-                    f"{name}: {label} has {len(values)} values but the model takes {in_channels} channels"
+                    f"{name}: {label} has {len(values or [])} values but the model takes {in_channels} channels"
                 )
         colors = _json(meta, "colors")
         colors_arr = (

@@ -49,6 +49,9 @@ class _ExportWrapper(nn.Module):
     float32, so callers never change.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         model: nn.Module,

@@ -2,48 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import torch
 
-from segkit.config import DataConfig
-
-
-@dataclass
-class ModelInfo:
-    """Facts about a model that inference needs; read from a bundle or from ONNX metadata."""
-
-    classes: list[str]
-    colors: np.ndarray  # (K, 3) uint8
-    in_channels: int
-    mean: list[float]
-    std: list[float]
-    stride: int = 32
-    tile: int = 512
-    overlap: float = 0.25
-    blend: str = "gaussian"
-    tta: str = "none"
-    batch_size: int | None = None  # None: default_batch_size(device)
-    ignore_index: int = 255
-    extra: dict[str, str] = field(default_factory=dict)
-    data: DataConfig | None = None
-    """The data section the model was trained with (bundle, or config stored in the ONNX file):
-    how ``segkit evaluate`` reads masks and how large an input may be; None for a foreign ONNX."""
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def max_image_pixels(self) -> int:
-        """Inputs with more pixels are refused (decompression-bomb guard): the training config's
-        ``data.max_image_pixels``, else that setting's default."""
-        if self.data is not None:
-            return self.data.max_image_pixels
-        return int(DataConfig.model_fields["max_image_pixels"].default)
-
+from segkit.card import ModelInfo as ModelInfo  # re-exported: its home is segkit.card
 
 GPU_BATCH_SIZE = 8  # tiles per forward pass on a GPU: keeps it busy
 CPU_BATCH_SIZE = 1

@@ -53,14 +53,14 @@ def _tta_transforms(mode: str) -> list[_Transform]:
         for k in range(4):
             out.append(
                 (
-                    lambda t, k=k: torch.rot90(t, k, (-2, -1)),
-                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)),
+                    lambda t, k=k: torch.rot90(t, k, (-2, -1)),  # type: ignore[misc]
+                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)),  # type: ignore[misc]
                 )
             )
             out.append(
                 (
-                    lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)),
-                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1),
+                    lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)),  # type: ignore[misc]
+                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1),  # type: ignore[misc]
                 )
             )
         return out
@@ -179,7 +179,7 @@ class Predictor:
 
     def with_options(self, **options: Any) -> Predictor:
         """A predictor on the same backend whose unset (``None``) options keep this one's."""
-        merged = {
+        merged: dict[str, Any] = {
             k: options.get(k) if options.get(k) is not None else v
             for k, v in self._defaults.items()
         }
@@ -247,7 +247,7 @@ class Predictor:
                 p = inv(self.backend(fwd(x).contiguous())).float()
                 acc = p if acc is None else acc.add_(p)
             # acc is a fresh tensor: divide in place, and not at all for one pass
-            return acc if len(transforms) == 1 else acc.div_(len(transforms))  # type: ignore[union-attr]
+            return acc if len(transforms) == 1 else acc.div_(len(transforms))  # type: ignore[union-attr,return-value]
 
         return run
 

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from segkit.inference.predictor import (
     consecutive_batches,
 )
 from segkit.inference.readahead import HELD, default_workers, header_pixels, read_ahead
+from segkit.inference.sharding import run_sharded
 from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
@@ -372,6 +374,25 @@ class _ImageRun:
         self.bar.image()
 
 
+def _predict_shard(
+    model: str,
+    options: dict[str, Any],
+    run_options: dict[str, Any],
+    items: list[InputImage],
+    output: Path,
+    device: str | None,
+    rank: int,
+    world: int,
+) -> list[dict[str, Any]]:
+    """One process's share of a ``devices > 1`` run (the ``job`` of :func:`run_sharded`)."""
+    predictor = Predictor.from_path(model, device, **options)
+    run_options = dict(run_options)
+    if run_options["workers"] is None:  # the processes share the host's CPUs
+        run_options["workers"] = max(2, default_workers() // world)
+    progress = run_options.pop("progress") and rank == 0
+    return run_items(predictor, items, output, progress=progress, **run_options)
+
+
 def predict_source(
     model: str | Path | Predictor,
     source: str | Path,
@@ -414,7 +435,7 @@ def predict_source(
     if max_pixels is not None and max_pixels < 1:
         raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
     items = find_inputs(source, exclude=output)
-    options = {
+    options: dict[str, Any] = {
         "tile": tile,
         "overlap": overlap,
         "blend": blend,
@@ -424,7 +445,7 @@ def predict_source(
         "mean": mean,
         "std": std,
     }
-    run_options = {
+    run_options: dict[str, Any] = {
         "save": save,
         "probs_dtype": probs_dtype,
         "skip_existing": skip_existing,
@@ -443,11 +464,8 @@ def predict_source(
             )
         if not Path(model).is_file():
             raise ModelError(f"{model}: model file not found")
-        from segkit.inference.sharding import run_sharded
-
-        records = run_sharded(
-            model, items, output, min(devices, len(items)), device, options, run_options
-        )
+        job = partial(_predict_shard, str(model), options, run_options)
+        records = run_sharded(job, items, output, min(devices, len(items)), device)
     else:
         if isinstance(model, Predictor):
             if any(options[k] is not None for k in ("classes", "mean", "std")):

@@ -1,32 +1,37 @@
 """``segkit predict --devices N``: the images sharded over N processes (torch.distributed, gloo on
 CPU, nccl on CUDA); each image is predicted and written by exactly one of them, and rank 0 merges
-their manifest records into one, in input order."""
+their manifest records into one, in input order.
+
+What a process does with its shard is the caller's ``job`` (the folder run passes its own), so
+this module knows processes and manifests only, and sits below the folder run that uses it.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from segkit.errors import ModelError
-from segkit.inference.predictor import Predictor
-from segkit.inference.readahead import default_workers
-from segkit.inference.run import run_items
 from segkit.inference.sources import InputImage
 from segkit.inference.writers import MANIFEST, read_manifest, write_manifest
+
+ShardJob = Callable[[list[InputImage], Path, str | None, int, int], list[dict[str, Any]]]
+"""``job(items, output, device, rank, world)`` -> the manifest records of ``items``, written under
+``output`` on ``device``. Must be picklable (a module-level function or a ``functools.partial``
+of one): each process receives it."""
 
 
 def _shard_worker(
     rank: int,
     world: int,
     rendezvous: str,
-    model: str,
+    job: ShardJob,
     items: list[InputImage],
     output: Path,
     device: str | None,
-    options: dict[str, Any],
-    run_options: dict[str, Any],
 ) -> None:
     """One process of a ``devices > 1`` run: its shard of the images, then gather to rank 0."""
     import torch
@@ -45,16 +50,7 @@ def _shard_worker(
         world_size=world,
     )
     try:
-        predictor = Predictor.from_path(model, device, **options)
-        if run_options["workers"] is None:  # the processes share the host's CPUs
-            run_options["workers"] = max(2, default_workers() // world)
-        records = run_items(
-            predictor,
-            items[rank::world],
-            output,
-            progress=run_options.pop("progress") and rank == 0,
-            **run_options,
-        )
+        records = job(items[rank::world], output, device, rank, world)
         gathered: list[Any] | None = [None] * world if rank == 0 else None
         dist.gather_object(records, gathered, dst=0)
         if rank == 0:
@@ -68,16 +64,14 @@ def _shard_worker(
 
 
 def run_sharded(
-    model: str | Path,
+    job: ShardJob,
     items: list[InputImage],
     output: Path,
     devices: int,
     device: str | None,
-    options: dict[str, Any],
-    run_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Predict ``items`` in ``devices`` processes (``run_items`` options in ``run_options``) and
-    return the merged manifest records; a worker's crash is one ModelError line."""
+    """Run ``job`` over ``items`` split across ``devices`` processes and return the merged
+    manifest records; a worker's crash is one ModelError line."""
     import torch.multiprocessing as mp
 
     (output / MANIFEST).unlink(missing_ok=True)
@@ -85,7 +79,7 @@ def run_sharded(
     # by the time the workers have started and bind it.
     with tempfile.TemporaryDirectory(prefix="segkit-predict-") as folder:
         rendezvous = str(Path(folder) / "rendezvous")
-        args = (devices, rendezvous, str(model), items, output, device, options, run_options)
+        args = (devices, rendezvous, job, items, output, device)
         try:
             mp.spawn(_shard_worker, args=args, nprocs=devices, join=True)
         except mp.ProcessRaisedException as e:

@@ -108,7 +108,7 @@ def open_image(
     """``H x W [x C]`` pixels of ``path``: memory-mapped (uncompressed TIFF), read by windows
     (tiled or striped TIFF), else decoded once."""
     if path.suffix.lower() in (".tif", ".tiff"):
-        lazy = _tiff_memmap(path, max_pixels)
+        lazy: np.ndarray | TiffWindows | None = _tiff_memmap(path, max_pixels)
         if lazy is None:
             lazy = TiffWindows.open(path, max_pixels)
         if lazy is not None:

@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
 
 from segkit.config import BLENDS
 from segkit.errors import ConfigError
+from segkit.inference.tiff_windows import TiffWindows
 
 GAUSSIAN_SIGMA = 0.125  # of the tile side, as in nnU-Net / MONAI's sliding window
 _MIN_WEIGHT = 1e-3  # per axis: windows stay strictly positive, products stay far from denormals
@@ -112,7 +114,7 @@ def reflect_indices(start: int, size: int, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx).astype(np.intp)
 
 
-def extract_tile(image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
+def extract_tile(image: np.ndarray | TiffWindows, y: int, x: int, h: int, w: int) -> np.ndarray:
     """The ``h x w`` window of ``image`` (``H x W [x C]``) at ``(y, x)``, reflected past the border.
 
     Inside the image this is a view (no copy of a memory-mapped image is made).
@@ -183,7 +185,7 @@ class BlockStitcher:
             raise ConfigError(f"block_width must be >= 1, got {block_width}")
         self.grid = grid
         device = torch.device(device or "cpu")
-        opts = {"dtype": torch.float32, "device": device}
+        opts: dict[str, Any] = {"dtype": torch.float32, "device": device}
         win_y, win_x = _window_1d(grid.tile_h, blend), _window_1d(grid.tile_w, blend)
         # Through pinned memory to a GPU: a plain copy would wait for the network's queued work.
         self.window = to_device(blend_window(grid.tile_h, grid.tile_w, blend), device)
@@ -252,7 +254,7 @@ class BlockStitcher:
 
 
 def iter_stitched(
-    image: np.ndarray,
+    image: np.ndarray | TiffWindows,
     grid: TileGrid,
     run: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
     num_classes: int,

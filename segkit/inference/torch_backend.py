@@ -6,6 +6,7 @@ import contextlib
 import copy
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,13 +59,13 @@ def fold_batch_norms(model: nn.Module) -> int:
             and calls[node.target] == calls[source.target] == 1
         ):
             continue
-        conv, bn = model.get_submodule(source.target), model.get_submodule(node.target)
+        conv, bn = model.get_submodule(str(source.target)), model.get_submodule(str(node.target))
         if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or bn.training:
             continue  # exact types: subclasses (timm's BatchNormAct2d ...) do more than this
         if bn.running_mean is None or bn.running_var is None:
             continue
-        model.set_submodule(source.target, fuse_conv_bn_eval(conv, bn))
-        model.set_submodule(node.target, nn.Identity())
+        model.set_submodule(str(source.target), fuse_conv_bn_eval(conv, bn))
+        model.set_submodule(str(node.target), nn.Identity())
         folded += 1
     return folded
 
@@ -121,7 +122,8 @@ class TorchBackend:
         model = model.eval()
         if cuda:  # on a CPU oneDNN is as fast without (benchmarks/bench_onnx.py)
             fold_batch_norms(model)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        # torch takes a device and a memory format together; its type stubs list them apart
+        self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._amp_dtype: torch.dtype | None = None
         if cuda:
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -138,7 +140,7 @@ class TorchBackend:
                 f"the model takes {self.info.in_channels} channels, got tiles with {tiles.shape[1]}"
             )
         x = tiles.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        amp = contextlib.nullcontext()
+        amp: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self._amp_dtype is not None:
             amp = torch.autocast("cuda", dtype=self._amp_dtype)
         with torch.inference_mode(), amp:

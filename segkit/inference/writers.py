@@ -135,7 +135,7 @@ class OutputWriter:
         self._label_copies = HostLabels(self.labels)  # arg-max per block, lagged on a GPU
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
-        self._probs: np.ndarray | None = None
+        self._probs: np.memmap | None = None
         self._current: Path | None = None
 
     def __enter__(self) -> OutputWriter:

@@ -57,8 +57,8 @@ def preview_grid(
         scale = min(1.0, max_side / max(cells[0].size))
         if scale < 1.0:
             size = (max(1, round(cells[0].width * scale)), max(1, round(cells[0].height * scale)))
-            cells = [cells[0].resize(size, Image.BILINEAR)] + [
-                c.resize(size, Image.NEAREST) for c in cells[1:]
+            cells = [cells[0].resize(size, Image.Resampling.BILINEAR)] + [
+                c.resize(size, Image.Resampling.NEAREST) for c in cells[1:]
             ]
         rows.append(cells)
     width = max(3 * r[0].width + 2 * GAP for r in rows)

@@ -16,8 +16,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from segkit.bundle import bundle_hparams
+from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
@@ -190,7 +191,7 @@ class SegmentationModule(L.LightningModule):
         self.log_dict(values, sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Optimiser from ``config.optimizer`` (no weight decay on norms and biases) and a
         per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``
         (or by the time budget, see :class:`WarmupSchedule`)."""

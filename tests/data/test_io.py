@@ -185,7 +185,8 @@ def test_bilevel_image_is_black_and_white_but_bilevel_mask_is_0_1(tmp_path: Path
     bits = np.array([[0, 1, 1], [1, 0, 0]], dtype=bool)
     path = tmp_path / "bits.png"
     Image.fromarray(bits).save(path)
-    assert Image.open(path).mode == "1"
+    with Image.open(path) as opened:
+        assert opened.mode == "1"
     np.testing.assert_array_equal(read_image(path)[:, :, 0], bits * 255)
     np.testing.assert_array_equal(read_mask(path), bits.astype(np.uint8))
 
@@ -195,7 +196,8 @@ def test_cmyk_jpeg_reads_as_rgb(tmp_path: Path) -> None:
     colour[:] = (200, 40, 60)
     path = tmp_path / "cmyk.jpg"
     Image.fromarray(colour).convert("CMYK").save(path, quality=100)
-    assert Image.open(path).mode == "CMYK"
+    with Image.open(path) as opened:
+        assert opened.mode == "CMYK"
     image = read_image(path, in_channels=3)
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     assert np.abs(image.astype(int) - colour.astype(int)).max() <= 8
@@ -274,7 +276,8 @@ def test_palette_png_image_is_rgb_mask_is_indices(tmp_path: Path) -> None:
     colours = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=np.uint8)
     path = tmp_path / "voc.png"
     write_image(path, labels, palette=colours)
-    assert Image.open(path).mode == "P"
+    with Image.open(path) as opened:
+        assert opened.mode == "P"
     np.testing.assert_array_equal(read_image(path), colours[labels])
     np.testing.assert_array_equal(read_mask(path), labels)
     np.testing.assert_array_equal(read_mask(path, palette_to_rgb=True), colours[labels])

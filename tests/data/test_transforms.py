@@ -34,11 +34,19 @@ def test_train_crops_large_images_to_patch(rng: np.random.Generator) -> None:
 
 
 def test_train_is_seeded(rng: np.random.Generator) -> None:
+    """The same seed gives the same sequence of augmentations; the augmentation is random all
+    the same: another seed, or the next call, gives another crop/flip."""
     image, mask = _sample(rng, 100, 130)
-    a = build_transforms(make_config(run={"seed": 3}), "train")(image=image, mask=mask)
-    b = build_transforms(make_config(run={"seed": 3}), "train")(image=image, mask=mask)
-    torch.testing.assert_close(a["image"], b["image"])
-    torch.testing.assert_close(a["mask"], b["mask"])
+
+    def draws(seed: int, n: int = 4) -> list[torch.Tensor]:
+        pipeline = build_transforms(make_config(run={"seed": seed}), "train")
+        return [pipeline(image=image, mask=mask)["image"] for _ in range(n)]
+
+    a, b, other = draws(3), draws(3), draws(4)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+    assert not any(torch.equal(x, y) for x, y in zip(a, other, strict=True))
+    assert not torch.equal(a[0], a[1])  # each call draws anew
 
 
 def test_val_pads_to_stride_top_left_and_normalises(rng: np.random.Generator) -> None:

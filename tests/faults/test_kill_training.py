@@ -134,3 +134,35 @@ def test_metrics_csv_rewrite_is_atomic(tmp_path, monkeypatch):
         logger.save()
     assert (tmp_path / "logs" / "metrics.csv").read_text() == before
     assert not temporaries(tmp_path)
+
+
+def test_resumed_metrics_csv_keeps_the_rows_before_the_checkpoint(tmp_path):
+    """Rows at or after the checkpoint's step, and a last line a kill cut short, are dropped;
+    the resumed run's rows follow the kept ones; a new run replaces an earlier file."""
+    from segkit.training import ResumableCSVLogger
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = "".join(f"{0.5 + s},{s}\n" for s in range(5))
+    (logs / "metrics.csv").write_text("train/loss,step\n" + rows + "0.9,")  # killed mid-row
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3}, ckpt)
+
+    logger = ResumableCSVLogger(tmp_path, name="logs", version="", resume_from=ckpt)
+    logger.log_metrics({"train/loss": torch.tensor(7.0)}, step=3)
+    logger.save()
+    logger.log_metrics({"lr-AdamW": 0.1}, step=4)  # a new column: rewritten with the history
+    logger.finalize("success")
+    got = [(r["step"], r["train/loss"], r["lr-AdamW"]) for r in _metrics(tmp_path)]
+    assert got == [
+        ("0", "0.5", ""),
+        ("1", "1.5", ""),
+        ("2", "2.5", ""),
+        ("3", "7.0", ""),
+        ("4", "", "0.1"),
+    ]
+
+    fresh = ResumableCSVLogger(tmp_path, name="logs", version="")
+    fresh.log_metrics({"a": 1.0}, step=0)
+    fresh.save()
+    assert (logs / "metrics.csv").read_text().splitlines() == ["a,step", "1.0,0"]
