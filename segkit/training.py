@@ -25,13 +25,13 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
-    TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from segkit.config import SegkitConfig, save_config
+from segkit.epoch_log import EpochLines
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
 from segkit.utils import atomic_path, temporary_target
@@ -250,17 +250,23 @@ def build_trainer(
     kwargs["precision"] = resolve_precision(
         str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto"))
     )
+    # best.ckpt is what users ship: weights and the bundle's facts only (save_weights_only);
+    # last.ckpt keeps optimiser, scheduler and loop state for run.resume=last. Best is listed
+    # first so that last.ckpt carries its updated state.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir,
         filename="best",
         monitor=MONITOR,
         mode="max",
         save_top_k=1,
-        save_last=True,
+        save_weights_only=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    all_callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
+    last = ModelCheckpoint(
+        dirpath=run_dir, save_top_k=0, save_last=True, enable_version_counter=False
+    )
+    all_callbacks: list[L.Callback] = [checkpoint, last, *(kwargs.pop("callbacks", None) or [])]
     if config.run.early_stopping_patience:
         all_callbacks.append(
             EarlyStopping(
@@ -270,12 +276,13 @@ def build_trainer(
                 check_finite=False,
             )
         )
+    kwargs.setdefault("enable_model_summary", False)  # its table is noise in a run's output
     if kwargs.get("enable_progress_bar", True):
-        all_callbacks.append(
-            RichProgressBar()
-            if sys.stdout.isatty()
-            else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps))
-        )
+        if sys.stdout.isatty():
+            all_callbacks.append(RichProgressBar())
+        else:  # a log file: one line per epoch instead of a bar redrawn hundreds of times
+            kwargs["enable_progress_bar"] = False
+            all_callbacks.append(EpochLines())
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:

@@ -132,6 +132,28 @@ def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
         evaluate(model, data / "images", data / "masks")
 
 
+def test_jpeg_masks_with_stray_values_say_why_and_what_to_do(tmp_path, monkeypatch):
+    from segkit.inference import predictor as predictor_module
+
+    model = _bundle(tmp_path)
+    monkeypatch.setattr(
+        predictor_module.Predictor,
+        "from_path",
+        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
+    )
+    data = tmp_path / "val"
+    truth = np.zeros((32, 32), np.uint8)
+    truth[8:24, 8:24] = 2  # a square of class 2: JPEG blurs its edges into values 1, 3, ...
+    _write_pair(data, "a", truth.astype(np.int64), truth.astype(np.int64), palette=False)
+    (data / "masks" / "a.png").unlink()
+    Image.fromarray(truth * 100).save(data / "masks" / "a.jpg", quality=50)
+    with pytest.raises(DataError) as err:
+        evaluate(model, data / "images", data / "masks")
+    msg = str(err.value)
+    assert "a.jpg" in msg and "JPEG is lossy" in msg and "save masks as PNG" in msg
+    assert "\n" not in msg
+
+
 @pytest.fixture
 def real_pairs(tmp_path):
     from segkit.data.synthetic import make_shapes_dataset
