@@ -263,8 +263,10 @@ def build_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+    # The latest state under one name, replaced at every save (monitor None: newest is "best");
+    # Lightning's save_last only writes when a top-k checkpoint was saved in the same step.
     last = ModelCheckpoint(
-        dirpath=run_dir, save_top_k=0, save_last=True, enable_version_counter=False
+        dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False
     )
     all_callbacks: list[L.Callback] = [checkpoint, last, *(kwargs.pop("callbacks", None) or [])]
     if config.run.early_stopping_patience:
@@ -277,12 +279,12 @@ def build_trainer(
             )
         )
     kwargs.setdefault("enable_model_summary", False)  # its table is noise in a run's output
-    if kwargs.get("enable_progress_bar", True):
-        if sys.stdout.isatty():
-            all_callbacks.append(RichProgressBar())
-        else:  # a log file: one line per epoch instead of a bar redrawn hundreds of times
-            kwargs["enable_progress_bar"] = False
-            all_callbacks.append(EpochLines())
+    if "enable_progress_bar" not in kwargs and not sys.stdout.isatty():
+        # a log file: one line per epoch instead of a bar redrawn hundreds of times
+        kwargs["enable_progress_bar"] = False
+        all_callbacks.append(EpochLines())
+    elif kwargs.get("enable_progress_bar", True):
+        all_callbacks.append(RichProgressBar())
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:

@@ -92,7 +92,8 @@ def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_p
     # (truth, pred): a: (0,0)(1,0)(1,1)(1,1)(0,2)(0,0)  b: (0,0)(1,1)(0,0)(1,0)
     expected = np.array([[4, 0, 1], [2, 3, 0], [0, 0, 0]])
     np.testing.assert_array_equal(metrics.matrix, expected)
-    assert np.isnan(metrics.recall[2]) and metrics.iou[2] == 0.0  # predicted but never true
+    # class 2 predicted but never true: recall 0 (scikit-learn's zero_division=0), IoU 0
+    assert metrics.recall[2] == 0.0 and metrics.iou[2] == 0.0 and metrics.precision[2] == 0.0
     stored = json.loads(out.read_text())
     assert stored["confusion_matrix"] == expected.tolist() and stored["images"] == 2
     assert stored["mIoU"] == pytest.approx(metrics.miou)

@@ -41,7 +41,7 @@ def test_the_tour_starts_with_writing_its_data():
     assert first[:3] == ["segkit", "demo", "--data-only"]
 
 
-def test_the_readme_tour_runs_word_for_word(tmp_path, monkeypatch, capsys):
+def test_the_readme_tour_runs_word_for_word(tmp_path, monkeypatch, capfd):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     commands = tour_commands()
@@ -60,7 +60,13 @@ def test_the_readme_tour_runs_word_for_word(tmp_path, monkeypatch, capsys):
         if args[0] == "train" and "--print-config" not in args:
             args = [*args, *FAST_TRAINING]
         code = main(args)
-        assert code == 0, f"{shlex.join(argv)} exited {code}: {capsys.readouterr().err}"
+        out, err = capfd.readouterr()
+        assert code == 0, f"{shlex.join(argv)} exited {code}: {err}"
+        if args[0] == "train" and "--print-config" not in args:
+            # quiet by default, and a log-friendly progress line per epoch (output is no terminal)
+            assert out.count("epoch 1/1 ") == 1, out
+            for noise in ("Tip:", "GPU available", "FLOPs", "Sanity Checking", "Warning"):
+                assert noise not in out + err, noise
     assert (tmp_path / "runs" / "shapes" / "best.ckpt").is_file()
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "shapes.onnx").is_file()
     for out in ("masks", "masks-onnx"):
