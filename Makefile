@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= $(HOME)/.cache/segkit-venvs/$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 BIN := $(VENV)/bin
 STAMP := .segkit-installed
+# PyPI's Linux torch wheel brings CUDA libraries; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# installs PyTorch's CPU build instead where that index is reachable.
+TORCH_INDEX ?=
 
 .PHONY: demo test lint install constraints print-venv
 
@@ -16,7 +19,7 @@ $(BIN)/python:
 
 # The benchmark extra (MONAI) too: the tests compare the tiler with it and would skip without it.
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[dev,benchmark]"
 	touch $(STAMP)
 

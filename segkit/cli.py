@@ -1,14 +1,19 @@
 """The ``segkit`` command: parse arguments, load the config, call one library function per subcommand.
 
 Library code raises ``SegkitError``; this module turns it into one clear line on stderr and an exit
-code (0 success, 1 some inputs failed, 2 usage/config error). ``--debug`` shows the traceback.
+code (0 success, 1 some inputs failed, 2 usage, config or model error). ``--debug`` shows the
+traceback; ``--verbose`` lets Lightning's tips and library warnings through.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from segkit import __version__
@@ -16,13 +21,13 @@ from segkit.config import BLENDS, MASK_ENCODINGS, TTA_MODES
 from segkit.errors import ConfigError, SegkitError
 
 EXAMPLES = {
-    "train": "example: segkit train configs/binary_membrane.yaml trainer.max_epochs=5 model.encoder=resnet18",
-    "plan": "example: segkit plan configs/binary_membrane.yaml trainer.max_time=00:00:10:00",
-    "evaluate": "example: segkit evaluate runs/membrane/best.ckpt --images data/val/images --masks data/val/masks --json metrics.json",
-    "predict": "example: segkit predict runs/membrane/best.ckpt photos/ --output masks/ --save index color --tile 512 --overlap 0.25",
-    "export": "example: segkit export runs/membrane/best.ckpt --output model.onnx --head labels",
-    "check-data": "example: segkit check-data configs/binary_membrane.yaml   or   segkit check-data --images imgs/ --masks masks/ --classes bg fg",
-    "demo": "example: segkit demo --output segkit-demo",
+    "train": "example: segkit train configs/shapes.yaml trainer.max_epochs=5 model.encoder=resnet18",
+    "plan": "example: segkit plan configs/shapes.yaml trainer.max_time=00:00:05:00",
+    "evaluate": "example: segkit evaluate runs/shapes/best.ckpt --images data/val/images --masks data/val/masks --json metrics.json",
+    "predict": "example: segkit predict runs/shapes/best.ckpt photos/ --output masks/ --save index color --tile 512 --overlap 0.25",
+    "export": "example: segkit export runs/shapes/best.ckpt --output model.onnx --head labels",
+    "check-data": "example: segkit check-data configs/shapes.yaml   or   segkit check-data --images imgs/ --masks masks/ --classes bg fg",
+    "demo": "example: segkit demo --output segkit-demo   or   segkit demo --data-only --output segkit-demo",
 }
 
 
@@ -34,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"segkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Lightning's tips and library warnings"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -49,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             default=argparse.SUPPRESS,
             help="show full tracebacks on errors",
+        )
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show Lightning's tips and library warnings",
         )
         return p
 
@@ -225,6 +239,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs (default: a few minutes on CPU)"
+    )
+    p.add_argument(
+        "--data-only",
+        action="store_true",
+        help="only write the generated dataset (OUTPUT/data: train, val, new), for the README tour",
     )
     return parser
 
@@ -417,7 +436,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         raise ConfigError("check-data: give a config file or --images DIR --masks DIR")
     console = _console()
     for report in reports:
-        console.print(report.render())
+        console.print(report.render(problems=False))  # each problem is printed once, below
     problems = [p for r in reports for p in r.problems]
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -425,10 +444,48 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segkit.demo import run_demo
+    from segkit.demo import run_demo, write_demo_data
 
+    if args.data_only:
+        data, new_images = write_demo_data(args.output.resolve())
+        print(
+            f"wrote {data['train_images'].parent.parent} (train, val: images + masks, "
+            f"classes {', '.join(data['classes'])}) and larger images to predict in {new_images}"
+        )
+        return 0
     run_demo(args.output, epochs=args.epochs)
     return 0
+
+
+# Where Lightning's info lines go: the device banner, tips, "fit stopped"; set on these children
+# because importing lightning resets the level of its top-level loggers.
+_LIGHTNING_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Leave Lightning's info lines and third-party warnings out unless ``--verbose``.
+
+    segkit's own warnings still show; levels and filters are restored afterwards.
+    """
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for module in ("lightning", "lightning_fabric", "pytorch_lightning", "torch", "timm"):
+            warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 COMMANDS = {
@@ -459,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with _quiet(getattr(args, "verbose", False)):
+            return COMMANDS[args.command](args)
     except SegkitError as e:
         if getattr(args, "debug", False):
             raise

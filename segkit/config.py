@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeGuard, get_args
@@ -459,24 +460,64 @@ def _trainer_arguments() -> list[str]:
     return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, overrides: Sequence[str]) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = _short_listing(e["msg"].removeprefix("Value error, "))
         got = e.get("input")
         if e["type"] == "extra_forbidden":
-            parts.append(_unknown_key_message(key))
+            text = _unknown_key_message(key)
         elif (
             isinstance(got, dict | list)
             or got is None
             or not key
             or (isinstance(got, str) and repr(got) in msg)
         ):
-            parts.append(f"{key}: {msg}" if key else msg)
+            text = f"{key}: {msg}" if key else msg
         else:
-            parts.append(f"{key}: {msg} (got {got!r})")
-    return f"{source}: " + "; ".join(parts)
+            text = f"{key}: {msg} (got {_clip(repr(got))})"
+        parts.append((_origin(key, source, overrides), text))
+    return _by_origin(parts)
+
+
+def _origin(key: str, source: str, overrides: Sequence[str]) -> str:
+    """Where a dotted key's value came from: the last override that set it, else ``source``."""
+    for item in reversed(overrides):
+        set_key = item.partition("=")[0].strip()
+        if key and (
+            key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + ".")
+        ):
+            return f"override '{_clip(item)}'"
+    return source
+
+
+def _by_origin(parts: Sequence[tuple[str, str]]) -> str:
+    """``origin: message; message`` per origin, origins joined by ``; `` in first-seen order."""
+    grouped: dict[str, list[str]] = {}
+    for origin, text in parts:
+        grouped.setdefault(origin, []).append(text)
+    return "; ".join(f"{origin}: {'; '.join(texts)}" for origin, texts in grouped.items())
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_LISTED = 10  # names an error lists before it says "... N more"
+
+
+def _short_listing(text: str, limit: int = _LISTED) -> str:
+    """Cut a long ``(valid: a, b, ...)`` / ``(allowed: ...)`` listing to its first ``limit`` names."""
+
+    def cut(m: re.Match[str]) -> str:
+        names = m.group(2).split(", ")
+        if len(names) <= limit:
+            return m.group(0)
+        return f"({m.group(1)}: {', '.join(names[:limit])}, ... {len(names) - limit} more"
+
+    # The listing ends where the parenthesis closes or a "; or ..." note begins, which is kept.
+    return re.sub(r"\((valid|allowed): ([^();]*)(?=[;)])", cut, text)
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -504,12 +545,15 @@ def _allowed_keys(section: type[BaseModel]) -> list[str]:
 
 
 def _unknown_key_message(dotted: str) -> str:
+    """``unknown key 'a.b' — did you mean a.c?``; the allowed keys (a few) only without a close match."""
     *parents, leaf = dotted.split(".")
     section = _section_at(parents)
     allowed = _allowed_keys(section) if section is not None else []
     close = difflib.get_close_matches(leaf, allowed, n=3)
     hint = f" — did you mean {', '.join('.'.join([*parents, c]) for c in close)}?" if close else ""
-    listing = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    listing = ""
+    if allowed and (not close or len(allowed) <= _LISTED):  # a long list only without a hint
+        listing = _short_listing(f" (allowed: {', '.join(allowed)})")
     return f"unknown key '{dotted}'{hint}{listing}"
 
 
@@ -553,7 +597,7 @@ def _merged(old: Any, new: Any, keys: list[str]) -> Any:
     return {**old, **{k: _merged(old.get(k), v, [*keys, k]) for k, v in new.items()}}
 
 
-def _check_unknown(data: dict[str, Any], source: str) -> None:
+def _check_unknown(data: dict[str, Any], source: str, overrides: Sequence[str]) -> None:
     unknown = []
     for section, body in data.items():
         if section not in SegkitConfig.model_fields:
@@ -568,7 +612,9 @@ def _check_unknown(data: dict[str, Any], source: str) -> None:
                 allowed = _allowed_keys(sub)
                 unknown.extend(f"{section}.{key}" for key in extra if key not in allowed)
     if unknown:
-        raise ConfigError(f"{source}: " + "; ".join(_unknown_key_message(k) for k in unknown))
+        raise ConfigError(
+            _by_origin([(_origin(k, source, overrides), _unknown_key_message(k)) for k in unknown])
+        )
 
 
 def load_config(
@@ -607,11 +653,11 @@ def load_config(
         data = _resolve_paths(loaded, path.parent)
     for item in overrides or []:
         _apply_override(data, item)
-    _check_unknown(data, name)
+    _check_unknown(data, name, overrides or [])
     try:
         return SegkitConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, name)) from None
+        raise ConfigError(_format_validation_error(e, name, overrides or [])) from None
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -59,12 +59,29 @@ def demo_config(root: Path, data: dict[str, Any], epochs: int) -> SegkitConfig:
     )
 
 
+def write_demo_data(root: Path) -> tuple[dict[str, Any], Path]:
+    """Write the demo's shapes dataset under ``root/data`` (train, val) and, in ``root/data/new``,
+    three larger images (no masks) to predict with the tiler.
+
+    Returns the dataset description (:func:`make_shapes_dataset`) and the folder of larger images.
+    """
+    from segkit.data.io import write_image
+    from segkit.data.synthetic import make_shape_sample, make_shapes_dataset
+
+    data = make_shapes_dataset(root / "data", n_train=48, n_val=12, size=128, seed=0)
+    new = root / "data" / "new"
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        image, _ = make_shape_sample(rng, 320)
+        write_image(new / f"{i:03d}.png", image)
+    return data, new
+
+
 def run_demo(
     output: str | Path = "segkit-demo", epochs: int | None = None, console: Console | None = None
 ) -> dict[str, Path]:
     """Run the demo into ``output`` and return the paths it wrote."""
     from segkit.data.checks import check_config_data
-    from segkit.data.synthetic import make_shapes_dataset
     from segkit.evaluation import evaluate
     from segkit.export.onnx import export_onnx
     from segkit.inference.run import predict_source
@@ -76,9 +93,7 @@ def run_demo(
     start = time.perf_counter()
 
     console.rule("1/6 generate a shapes dataset")
-    data = make_shapes_dataset(root / "data", n_train=48, n_val=12, size=128, seed=0)
-    big = make_shapes_dataset(root / "data" / "new", n_train=3, n_val=0, size=320, seed=1)
-    new_images = Path(big["train_images"])
+    data, new_images = write_demo_data(root)
     console.print(
         f"classes {data['classes']}; 48 train + 12 val images of 128x128 in {root / 'data'}"
     )

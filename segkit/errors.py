@@ -1,4 +1,8 @@
-"""The error hierarchy: library code raises these; only ``segkit.cli`` turns them into exit codes."""
+"""The error hierarchy: library code raises these; only ``segkit.cli`` turns them into exit codes.
+
+The contract: 0 success, 1 some inputs (images, masks, data folders) failed, 2 a usage, config or
+model error (nothing could run as asked).
+"""
 
 from __future__ import annotations
 
@@ -20,4 +24,6 @@ class DataError(SegkitError):
 
 
 class ModelError(SegkitError):
-    """A model, checkpoint or ONNX file cannot be built, loaded or verified (exit code 1)."""
+    """A model, checkpoint or ONNX file cannot be found, built, loaded or verified (exit code 2)."""
+
+    exit_code = 2

@@ -45,11 +45,18 @@ def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
 def _load_pair(
     image_path: Path, mask_path: Path, data: DataConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    from segkit.data.io import read_image
+    from segkit.data.io import LOSSY_SUFFIXES, read_image
     from segkit.data.masks import load_mask
 
     image = read_image(image_path, in_channels=data.in_channels, max_pixels=data.max_image_pixels)
-    mask = load_mask(mask_path, data)
+    try:
+        mask = load_mask(mask_path, data)
+    except DataError as e:
+        if mask_path.suffix.lower() not in LOSSY_SUFFIXES:
+            raise
+        raise DataError(
+            f"{e} — JPEG is lossy and leaves values that are no class at edges: save masks as PNG"
+        ) from None
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)"

@@ -27,13 +27,13 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
-    TQDMProgressBar,
 )
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from segkit.config import SegkitConfig, save_config
+from segkit.epoch_log import EpochLines
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
 from segkit.planning import Plan, plan_config
@@ -321,17 +321,25 @@ def build_trainer(
     kwargs["precision"] = resolve_precision(
         str(kwargs.get("precision", "auto")), str(kwargs.get("accelerator", "auto"))
     )
+    # best.ckpt is what users ship: weights and the bundle's facts only (save_weights_only);
+    # last.ckpt keeps optimiser, scheduler and loop state for run.resume=last. Best is listed
+    # first so that last.ckpt carries its updated state.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir,
         filename="best",
         monitor=MONITOR,
         mode="max",
         save_top_k=1,
-        save_last=True,
+        save_weights_only=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    all_callbacks: list[L.Callback] = [checkpoint, *(kwargs.pop("callbacks", None) or [])]
+    # The latest state under one name, replaced at every save (monitor None: newest is "best");
+    # Lightning's save_last only writes when a top-k checkpoint was saved in the same step.
+    last = ModelCheckpoint(
+        dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False
+    )
+    all_callbacks: list[L.Callback] = [checkpoint, last, *(kwargs.pop("callbacks", None) or [])]
     if config.run.early_stopping_patience:
         all_callbacks.append(
             EarlyStopping(
@@ -341,12 +349,13 @@ def build_trainer(
                 check_finite=False,
             )
         )
-    if kwargs.get("enable_progress_bar", True):
-        all_callbacks.append(
-            RichProgressBar()
-            if sys.stdout.isatty()
-            else TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps))
-        )
+    kwargs.setdefault("enable_model_summary", False)  # its table is noise in a run's output
+    if "enable_progress_bar" not in kwargs and not sys.stdout.isatty():
+        # a log file: one line per epoch instead of a bar redrawn hundreds of times
+        kwargs["enable_progress_bar"] = False
+        all_callbacks.append(EpochLines())
+    elif kwargs.get("enable_progress_bar", True):
+        all_callbacks.append(RichProgressBar())
     logger = kwargs.pop("logger", True)
     loggers: Any = False
     if logger is not False:

@@ -92,7 +92,8 @@ def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_p
     # (truth, pred): a: (0,0)(1,0)(1,1)(1,1)(0,2)(0,0)  b: (0,0)(1,1)(0,0)(1,0)
     expected = np.array([[4, 0, 1], [2, 3, 0], [0, 0, 0]])
     np.testing.assert_array_equal(metrics.matrix, expected)
-    assert np.isnan(metrics.recall[2]) and metrics.iou[2] == 0.0  # predicted but never true
+    # class 2 predicted but never true: recall 0 (scikit-learn's zero_division=0), IoU 0
+    assert metrics.recall[2] == 0.0 and metrics.iou[2] == 0.0 and metrics.precision[2] == 0.0
     stored = json.loads(out.read_text())
     assert stored["confusion_matrix"] == expected.tolist() and stored["images"] == 2
     assert stored["mIoU"] == pytest.approx(metrics.miou)
@@ -130,6 +131,28 @@ def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(data / "masks" / "a.png")
     with pytest.raises(DataError, match=r"a.png: mask is 4x5 but image a.png is 4x4"):
         evaluate(model, data / "images", data / "masks")
+
+
+def test_jpeg_masks_with_stray_values_say_why_and_what_to_do(tmp_path, monkeypatch):
+    from segkit.inference import predictor as predictor_module
+
+    model = _bundle(tmp_path)
+    monkeypatch.setattr(
+        predictor_module.Predictor,
+        "from_path",
+        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
+    )
+    data = tmp_path / "val"
+    truth = np.zeros((32, 32), np.uint8)
+    truth[8:24, 8:24] = 2  # a square of class 2: JPEG blurs its edges into values 1, 3, ...
+    _write_pair(data, "a", truth.astype(np.int64), truth.astype(np.int64), palette=False)
+    (data / "masks" / "a.png").unlink()
+    Image.fromarray(truth * 100).save(data / "masks" / "a.jpg", quality=50)
+    with pytest.raises(DataError) as err:
+        evaluate(model, data / "images", data / "masks")
+    msg = str(err.value)
+    assert "a.jpg" in msg and "JPEG is lossy" in msg and "save masks as PNG" in msg
+    assert "\n" not in msg
 
 
 @pytest.fixture

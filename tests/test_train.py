@@ -221,7 +221,15 @@ def test_trainer_gets_every_trainer_key_and_segkit_callbacks(tmp_path):
     ) == (3, 3, 0.5, 2)
     assert trainer.precision == "32-true"  # 'auto' on CPU
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert checkpoint.monitor == "val/mIoU" and checkpoint.mode == "max" and checkpoint.save_last
+    assert (
+        checkpoint.monitor == "val/mIoU"
+        and checkpoint.mode == "max"
+        and checkpoint.save_weights_only
+    )
+    assert any(
+        c.filename == "last" and c.monitor is None and not c.save_weights_only
+        for c in trainer.checkpoint_callbacks
+    )
     stopper = next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
     assert stopper.patience == 2 and stopper.monitor == "val/mIoU"
     assert isinstance(trainer.checkpoint_callback, ModelCheckpoint)

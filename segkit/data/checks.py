@@ -42,8 +42,12 @@ class DataReport:
         """True when no problem was found (warnings allowed)."""
         return not self.problems
 
-    def render(self) -> Any:
-        """A rich renderable: counts, the class histogram with pixel shares, problems, warnings."""
+    def render(self, problems: bool = True) -> Any:
+        """A rich renderable: counts, the class histogram with pixel shares, problems, warnings.
+
+        ``problems=False`` leaves the problem lines out, for a caller that reports them itself
+        (the CLI prints each as an ``error:`` line, once). No pair read, no histogram.
+        """
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -58,7 +62,7 @@ class DataReport:
         summary.add_row("masks", f"{self.n_masks}  ({self.masks_dir})")
         summary.add_row("pairs", str(self.n_pairs))
         parts: list[Any] = [summary]
-        if self.class_pixels:
+        if self.class_pixels and self.n_pairs:
             total = sum(self.class_pixels.values()) + self.ignored_pixels
             hist = Table(title="pixels per class", title_justify="left")
             hist.add_column("class")
@@ -75,7 +79,7 @@ class DataReport:
                 )
             parts.append(hist)
         for title, lines, style in (
-            ("problems", self.problems, "red"),
+            ("problems", self.problems if problems else [], "red"),
             ("warnings", self.warnings, "yellow"),
         ):
             if lines:

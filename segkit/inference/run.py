@@ -298,7 +298,7 @@ class _ImageRun:
             except SegkitError as e:
                 self._fail(job, e)
                 continue
-            self.bar.plan_tiles(job.tiles)
+            self.bar.plan_tiles(job.tiles // self.passes)  # tiles of the image, not TTA passes
             yield job
 
     def _predict_group(self, group: list[_Job]) -> None:
@@ -309,7 +309,7 @@ class _ImageRun:
             for job in group:
                 self._fail(job, e)
             return
-        self.bar.tiles(len(group) * self.passes)
+        self.bar.tiles(len(group))
         for job, p in zip(group, probs, strict=True):
             self._write(job, [(0, 0, p)])
 
@@ -317,7 +317,7 @@ class _ImageRun:
         """An image of several tiles (or a shape of its own): its blocks as the stitcher ends them."""
         blocks = self.predictor.iter_blocks(
             job.image,
-            on_tiles=lambda n: self.bar.tiles(n * self.passes),
+            on_tiles=self.bar.tiles,
             as_tensor=True,
             copy=False,  # add_block uses each block at once
         )

@@ -7,9 +7,13 @@ none, or a local file) and drops unset (``None``) keyword arguments.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import segmentation_models_pytorch as smp
 import torch
@@ -34,8 +38,9 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
     if named is not None and model.encoder.startswith("tu-"):
         named = True  # timm encoders pick their weight set from the name (tu-<model>.<tag>)
     kwargs = {k: v for k, v in model.kwargs.items() if v is not None}
+    unreachable = _unreachable_hub() if named is not None else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _hub_offline(unreachable is not None):
             warnings.filterwarnings("ignore", message=".*timm- encoders are deprecated.*")
             net = smp.create_model(
                 model.arch,
@@ -58,6 +63,12 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
             raise ModelError(
                 f"model: cannot build {model.arch}/{model.encoder}: {str(e).splitlines()[0]}"
             ) from None
+        if unreachable is not None:
+            raise ModelError(
+                f"model.encoder_weights: '{weights}' weights for {model.encoder} are not cached "
+                f"and {unreachable} cannot be reached (offline?); set model.encoder_weights=null "
+                "for random init, or to a local weights file"
+            ) from None
         raise ModelError(
             f"model.encoder_weights: could not get '{weights}' weights for {model.encoder} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); offline? download them once, "
@@ -66,6 +77,40 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
     if local is not None:
         load_encoder_weights(net, local, in_channels)
     return net
+
+
+def _unreachable_hub(timeout: float = 3.0) -> str | None:
+    """The weights host when it cannot be reached (or offline mode is on), else None.
+
+    One short connection attempt, so that an offline machine fails at once instead of after the
+    hub client's retries; cached weights still load (see :func:`_hub_offline`).
+    """
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE:
+        return host
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return host
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Hugging Face Hub offline mode (cache only, no network) while building, when ``offline``.
+
+    ``HF_HUB_OFFLINE`` is read once at import, so the switch is the module constant.
+    """
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def model_stride(model: nn.Module) -> int:

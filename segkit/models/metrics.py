@@ -106,13 +106,30 @@ class SegmentationMetrics:
 
     @property
     def precision(self) -> np.ndarray:
-        """``TP / (TP + FP)``; NaN for a class never predicted."""
-        return _ratio(self.tp, self.tp + self.fp)
+        """``TP / (TP + FP)``; 0 for a class in the ground truth but never predicted (as
+        scikit-learn's ``zero_division=0``), NaN for a class in neither."""
+        return self._zero_where_seen(_ratio(self.tp, self.tp + self.fp))
 
     @property
     def recall(self) -> np.ndarray:
-        """``TP / (TP + FN)``; NaN for a class absent from the ground truth."""
-        return _ratio(self.tp, self.tp + self.fn)
+        """``TP / (TP + FN)``; 0 for a class predicted but absent from the ground truth, NaN for
+        a class in neither."""
+        return self._zero_where_seen(_ratio(self.tp, self.tp + self.fn))
+
+    def _zero_where_seen(self, values: np.ndarray) -> np.ndarray:
+        """Undefined ratios become 0 for classes in the prediction or the ground truth."""
+        seen = (self.tp + self.fp + self.fn) > 0
+        return np.where(np.isnan(values) & seen, 0.0, values)
+
+    @property
+    def mprecision(self) -> float:
+        """Macro mean precision (never-predicted classes count as 0)."""
+        return _nanmean(self.precision)
+
+    @property
+    def mrecall(self) -> float:
+        """Macro mean recall (classes predicted but absent from the ground truth count as 0)."""
+        return _nanmean(self.recall)
 
     @property
     def pixel_share(self) -> np.ndarray:
@@ -155,14 +172,18 @@ class SegmentationMetrics:
             "mean (macro)",
             _fmt(self.miou),
             _fmt(self.mdice),
-            _fmt(_nanmean(self.precision)),
-            _fmt(_nanmean(self.recall)),
+            _fmt(self.mprecision),
+            _fmt(self.mrecall),
             "",
             style="bold",
         )
         t.add_row("micro IoU (pixel-pooled)", _fmt(self.micro_iou), "", "", "", "")
         t.add_row("pixel accuracy", _fmt(self.pixel_accuracy), "", "", "", "")
-        t.caption = f"{self.total_pixels:,} pixels counted (ignore_index excluded); — = class in neither prediction nor ground truth"
+        t.caption = (
+            f"{self.total_pixels:,} pixels counted (ignore_index excluded); — = class in neither "
+            "prediction nor ground truth; a class never predicted has precision 0 (and one "
+            "never in the ground truth recall 0), counted so in the means"
+        )
         return t
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,6 +201,8 @@ class SegmentationMetrics:
         return {
             "mIoU": _json(self.miou),
             "mDice": _json(self.mdice),
+            "mPrecision": _json(self.mprecision),
+            "mRecall": _json(self.mrecall),
             "micro_IoU": _json(self.micro_iou),
             "pixel_accuracy": _json(self.pixel_accuracy),
             "total_pixels": self.total_pixels,

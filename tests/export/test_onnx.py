@@ -329,7 +329,9 @@ def test_cli_export(trained_bundle, tmp_path, capsys):
     assert "max abs difference" in capsys.readouterr().out
     assert read_onnx_metadata(out)["head"] == "probs"
     failed = tmp_path / "failed.onnx"
-    assert main(["export", str(trained_bundle), "--output", str(failed), "--tolerance", "-1"]) == 1
+    assert (
+        main(["export", str(trained_bundle), "--output", str(failed), "--tolerance", "-1"]) == 2
+    )  # a model error
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "verification failed" in err and len(err.splitlines()) == 1
     assert not failed.exists()

@@ -157,7 +157,7 @@ def test_override_that_is_not_key_value(cfg_path, capsys):
 def test_unreadable_local_encoder_weights(cfg_path, tmp_path, capsys, content):
     weights = tmp_path / "enc.pth"
     weights.write_bytes(content)
-    assert _train(cfg_path, f"model.encoder_weights={weights}") == 1
+    assert _train(cfg_path, f"model.encoder_weights={weights}") == 2  # a model error
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and err.startswith(
         f"error: {weights}: cannot read encoder weights ("

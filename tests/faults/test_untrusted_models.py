@@ -57,7 +57,7 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_runs(evil, image_dir,
         ["export", str(path), "--output", str(tmp_path / "evil.onnx")],
     ]
     for argv in commands:
-        assert main(argv) == 1, argv
+        assert main(argv) == 2, argv  # a model error
         err = capsys.readouterr().err
         assert error_lines(err) == [err.strip()], err  # exactly one line, no traceback
         assert (
@@ -75,7 +75,7 @@ def test_resuming_from_a_checkpoint_with_pickled_code_is_refused(evil, shapes, t
 
     path, marker = evil
     cfg = config_dict(shapes, tmp_path / "runs", run={"resume": str(path)})
-    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg))]) == 1
+    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
     err = capsys.readouterr().err
     assert f"{path}: refused" in err and not marker.exists()
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
@@ -92,7 +92,7 @@ def test_truncated_checkpoint_is_one_line_in_a_real_process(bundle, image_dir, t
         text=True,
         timeout=120,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert error_lines(run.stderr) == [
         f"error: {cut}: " + run.stderr.split(f"error: {cut}: ", 1)[1].strip()
     ]
@@ -106,7 +106,7 @@ def test_damaged_checkpoints_in_process(bundle, image_dir, tmp_path, capsys, siz
     cut = tmp_path / "cut.ckpt"
     data = bundle.read_bytes()
     cut.write_bytes(data[: len(data) // 2 if size == "half" else size])
-    assert main(["predict", str(cut), str(image_dir), "--output", str(tmp_path / "out")]) == 1
+    assert main(["predict", str(cut), str(image_dir), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and err.startswith(f"error: {cut}: not a readable checkpoint")
 
@@ -120,7 +120,7 @@ def test_foreign_checkpoints_are_named(tmp_path, image_dir, capsys):
         (plain, "not a segkit checkpoint (no hyper_parameters.config"),
         (listed, "top level is list"),
     ):
-        assert main(["predict", str(path), str(image_dir), "--output", str(tmp_path / "out")]) == 1
+        assert main(["predict", str(path), str(image_dir), "--output", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert len(error_lines(err)) == 1 and problem in err and str(path) in err
 
@@ -189,7 +189,7 @@ def test_truncated_onnx_is_one_line_in_a_real_process(tmp_path, image_dir):
         text=True,
         timeout=120,
     )
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 2, run.stderr
     assert len(error_lines(run.stderr)) == 1, run.stderr
     assert run.stderr.startswith(f"error: {cut}: not a readable ONNX model (truncated or corrupt?)")
     assert "Traceback" not in run.stderr + run.stdout

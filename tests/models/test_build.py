@@ -47,6 +47,32 @@ def test_imagenet_offline_suggests_local_file_or_null(monkeypatch):
     assert "\n" not in msg
 
 
+def test_imagenet_with_the_network_down_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    """No network (every connection refused), nothing cached, offline mode not set: the real hub
+    client is never left to retry; one line names the way out."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError("network is down (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    with pytest.raises(ModelError) as err:
+        build_model(ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet"), 2, 3)
+    assert time.perf_counter() - start < 5
+    msg = str(err.value)
+    assert msg.startswith("model.encoder_weights: 'imagenet' weights for resnet18 are not cached")
+    assert "model.encoder_weights=null" in msg and "local weights file" in msg
+    assert "\n" not in msg and len(msg) < 300
+    assert constants.HF_HUB_OFFLINE is False  # the switch is put back
+
+
 def test_unknown_weight_set_is_a_model_error():
     with pytest.raises(ModelError, match="encoder_weights"):
         build_model(

@@ -57,8 +57,25 @@ def test_per_class_values_match_hand_computation():
     np.testing.assert_allclose(m.dice[:2], [4 / 7, 2 / 4])
     np.testing.assert_allclose(m.precision[[0, 1, 3]], [2 / 3, 1 / 2, 0.0])
     np.testing.assert_allclose(m.recall[:2], [2 / 4, 1 / 2])
-    assert math.isnan(m.recall[3]) and math.isnan(m.precision[2])
+    assert m.recall[3] == 0.0  # d: predicted, never in the truth (scikit-learn's zero_division=0)
+    assert math.isnan(m.recall[2]) and math.isnan(m.precision[2])  # c: in neither
     np.testing.assert_allclose(m.pixel_share, [4 / 6, 2 / 6, 0, 0])
+
+
+def test_a_class_never_predicted_has_precision_0_in_the_macro_mean():
+    # rows = truth, columns = prediction: class 1 is in the truth (3 pixels) but never predicted
+    m = SegmentationMetrics(np.array([[5, 0, 1], [3, 0, 0], [1, 0, 2]]), ["x", "y", "z"])
+    np.testing.assert_allclose(m.precision, [5 / 9, 0.0, 2 / 3])
+    np.testing.assert_allclose(m.recall, [5 / 6, 0.0, 2 / 3])
+    assert m.mprecision == pytest.approx((5 / 9 + 0 + 2 / 3) / 3)
+    assert m.mrecall == pytest.approx((5 / 6 + 0 + 2 / 3) / 3)
+    summary = m.to_dict()
+    assert summary["per_class"]["y"]["precision"] == 0.0
+    assert summary["mPrecision"] == pytest.approx(m.mprecision)
+    console = Console(width=200, record=True)
+    console.print(m.table())
+    text = console.export_text()
+    assert f"{100 * m.mprecision:.2f}" in text and "never predicted has precision 0" in text
 
 
 def test_summaries_macro_skips_nan_micro_and_accuracy_are_separate():
