@@ -1,4 +1,5 @@
-"""Prediction outputs (index / color / overlay / probs) and the run manifest, all written atomically.
+"""Prediction outputs (index / color / overlay / probs / entropy / confidence) and the run manifest,
+all written atomically.
 
 Every file of one image goes to a temporary name first and is renamed only when all of them are
 complete, so a failing or killed run never leaves a half-written or partial set of outputs. Write
@@ -20,16 +21,24 @@ from segkit.data.io import image_to_float
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
 from segkit.inference.labels import HostLabels, label_dtype
+from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.utils import atomic_path, temporary_target
 
-OUTPUT_KINDS = ("index", "color", "overlay", "probs")
+OUTPUT_KINDS = ("index", "color", "overlay", "probs", *UNCERTAINTY_MAPS)
 PROBS_DTYPES = ("float16", "uint8")
 PNG_MAX_SIDE = 65535
 """Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
 MANIFEST = "manifest.jsonl"
 _ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
 _TIFF_TILE = 256  # tiles of large colour/overlay TIFFs: one band of them is made at a time
-_SUFFIX = {"index": "", "color": "_color", "overlay": "_overlay", "probs": "_probs"}
+_SUFFIX = {
+    "index": "",
+    "color": "_color",
+    "overlay": "_overlay",
+    "probs": "_probs",
+    "entropy": "_entropy",
+    "confidence": "_confidence",
+}
 
 
 def output_path(
@@ -38,13 +47,16 @@ def output_path(
     """Where output ``kind`` of the image with output stem ``base`` goes (``base`` has no suffix).
 
     index: ``<stem>.png`` (``.tif`` for > 256 classes); color/overlay: ``<stem>_color.png`` ...;
-    probs: ``<stem>_probs.npy``. Images with a side > ``PNG_MAX_SIDE`` get ``.tif`` instead of ``.png``.
+    probs: ``<stem>_probs.npy``; entropy/confidence: ``<stem>_entropy.tif`` (float32 TIFF: PNG holds
+    no floats). Images with a side > ``PNG_MAX_SIDE`` get ``.tif`` instead of ``.png``.
     """
     if kind not in OUTPUT_KINDS:
         raise DataError(f"unknown output '{kind}' (allowed: {', '.join(OUTPUT_KINDS)})")
     name = base.name + _SUFFIX[kind]
     if kind == "probs":
         return base.with_name(name + ".npy")
+    if kind in UNCERTAINTY_MAPS:
+        return base.with_name(name + ".tif")
     big = height is not None and width is not None and max(height, width) > PNG_MAX_SIDE
     tiff = big or (kind == "index" and num_classes > 256)
     return base.with_name(name + (".tif" if tiff else ".png"))
@@ -136,6 +148,8 @@ class OutputWriter:
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
         self._probs: np.ndarray | None = None
+        self._maps: dict[str, np.ndarray] = {}  # entropy/confidence: memory-mapped TIFF pixels
+        self._map_copies: dict[str, HostLabels] = {}
         self._current: Path | None = None
 
     def __enter__(self) -> OutputWriter:
@@ -151,6 +165,13 @@ class OutputWriter:
                     dtype=np.dtype(self.probs_dtype),
                     shape=(self.info.num_classes, self.height, self.width),
                 )
+            for kind in UNCERTAINTY_MAPS:
+                if kind in self.paths:
+                    self._current = self.paths[kind]
+                    self._maps[kind] = _float_tiff(self._tmp[kind], self.height, self.width)
+                    self._map_copies[kind] = HostLabels(
+                        self._maps[kind], reduce=MAP_FUNCTIONS[kind]
+                    )
         except OSError as e:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
@@ -163,6 +184,7 @@ class OutputWriter:
     def abort(self) -> None:
         """Remove every temporary file; nothing of this image is left behind."""
         self._probs = None
+        self._maps, self._map_copies = {}, {}
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
@@ -171,6 +193,12 @@ class OutputWriter:
         a few blocks later, see :class:`HostLabels`; :meth:`commit` waits for them), probs to
         disk. ``probs`` may be a torch tensor on any device: the arg-max then runs there."""
         self._label_copies.add(row, col, probs)
+        try:
+            for kind, copies in self._map_copies.items():
+                self._current = self.paths[kind]
+                copies.add(row, col, probs)
+        except OSError as e:
+            raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
         if self._probs is not None:
             rows = slice(row, row + probs.shape[1])
             cols = slice(col, col + probs.shape[2])
@@ -187,6 +215,11 @@ class OutputWriter:
         colors = np.asarray(self.info.colors, dtype=np.uint8)
         self._label_copies.flush()
         try:
+            for kind, copies in self._map_copies.items():
+                self._current = self.paths[kind]
+                copies.flush()
+                self._maps[kind].flush()
+            self._maps, self._map_copies = {}, {}
             if self._probs is not None:
                 self._current = self.paths["probs"]
                 self._probs.flush()
@@ -222,6 +255,16 @@ class OutputWriter:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         return dict(self.paths)
+
+
+def _float_tiff(tmp: Path, height: int, width: int) -> np.ndarray:
+    """An ``height x width`` float32 TIFF at ``tmp``, memory-mapped: blocks are written into the
+    file as they come, so a map of any size holds no more than the OS's page cache."""
+    import tifffile
+
+    return tifffile.memmap(
+        tmp, shape=(height, width), dtype=np.float32, bigtiff=height * width * 4 > 2**31
+    )
 
 
 def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:
