@@ -26,6 +26,8 @@ from segkit.utils import atomic_path
 
 BUNDLE_FORMAT = 1
 STATE_PREFIX = "model."
+TEMPERATURE = "temperature"
+"""The hyper-parameter holding the fitted temperature (absent: 1.0, none fitted)."""
 
 
 def bundle_hparams(config: SegkitConfig, stride: int = 32) -> dict[str, Any]:
@@ -77,6 +79,11 @@ class Bundle:
     @property
     def stride(self) -> int:
         return int(self.hparams.get("stride", 32))
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature scaling of the logits (1.0 when none was fitted)."""
+        return float(self.hparams.get(TEMPERATURE, 1.0))
 
     def build_model(self) -> nn.Module:
         """The smp model with the bundle's weights, in eval mode, on CPU."""
@@ -147,7 +154,23 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelError(
             f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)"
         )
+    temperature = hparams.get(TEMPERATURE, 1.0)
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise ModelError(f"{path}: stored temperature {temperature!r} is not a number > 0")
     return Bundle(path=path, config=config, hparams=dict(hparams), state_dict=state)
+
+
+def set_temperature(path: str | Path, temperature: float) -> None:
+    """Store a fitted temperature in the checkpoint at ``path``, rewriting it atomically."""
+    if not temperature > 0:
+        raise ModelError(f"{path}: temperature must be > 0, got {temperature}")
+    ckpt = load_checkpoint_dict(path)
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise ModelError(f"{path}: not a segkit checkpoint (no hyper_parameters)")
+    hparams[TEMPERATURE] = float(temperature)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def save_bundle(

@@ -362,6 +362,10 @@ def train(
 
     last = run_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+    if trainer.is_global_zero:  # temperature scaling fitted on val, stored in best (atomically)
+        from segkit.models.calibration import fit_checkpoint_temperature
+
+        fit_checkpoint_temperature(best, datamodule.val_pairs, str(trainer.strategy.root_device))
     payload = None
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
