@@ -27,6 +27,8 @@ from segkit.errors import ConfigError, ModelError
 from segkit.utils import atomic_path
 
 STATE_PREFIX = "model."
+TEMPERATURE = "temperature"
+"""The hyper-parameter holding the fitted temperature (absent: 1.0, none fitted)."""
 
 
 @dataclass
@@ -62,6 +64,11 @@ class Bundle:
     @property
     def stride(self) -> int:
         return int(self.hparams.get("stride", 32))
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature scaling of the logits (1.0 when none was fitted)."""
+        return float(self.hparams.get(TEMPERATURE, 1.0))
 
     def build_model(self) -> nn.Module:
         """The smp model with the bundle's weights, in eval mode, on CPU."""
@@ -132,6 +139,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelError(
             f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)"
         )
+    temperature = hparams.get(TEMPERATURE, 1.0)
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise ModelError(f"{path}: stored temperature {temperature!r} is not a number > 0")
     return Bundle(path=path, config=config, hparams=dict(hparams), state_dict=state)
 
 
@@ -146,6 +156,13 @@ def update_hparams(path: str | Path, update: Callable[[dict[str, Any]], None]) -
     load_config(hparams["config"])  # still a valid config
     with atomic_path(Path(path)) as tmp:
         torch.save(ckpt, tmp)
+
+
+def set_temperature(path: str | Path, temperature: float) -> None:
+    """Store a fitted temperature in the checkpoint at ``path``, rewriting it atomically."""
+    if not temperature > 0:
+        raise ModelError(f"{path}: temperature must be > 0, got {temperature}")
+    update_hparams(path, lambda hparams: hparams.update({TEMPERATURE: float(temperature)}))
 
 
 def save_bundle(

@@ -50,6 +50,8 @@ class ModelInfo:
     tta: str = "none"
     batch_size: int | None = None  # None: default_batch_size(device)
     ignore_index: int = 255
+    temperature: float = 1.0
+    """Divides the logits before softmax (temperature scaling, fitted after training); 1: none."""
     extra: dict[str, str] = field(default_factory=dict)
     data: DataConfig | None = None
     """The data section the model was trained with (bundle, or config stored in the ONNX file):

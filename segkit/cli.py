@@ -115,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         "--save",
         nargs="+",
         default=["index"],
-        choices=["index", "color", "overlay", "probs"],
-        help="outputs to write (default: index)",
+        choices=["index", "color", "overlay", "probs", "entropy", "confidence"],
+        help="outputs to write (default: index); entropy, confidence: float32 TIFF maps",
     )
     p.add_argument(
         "--probs-dtype",

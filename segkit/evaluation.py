@@ -64,47 +64,35 @@ def _load_pair(
     return image, mask
 
 
-def evaluate_pairs(
-    model_path: str | Path,
-    pairs: Sequence[tuple[Path, Path]],
-    *,
-    device: str | None = None,
-    json_path: str | Path | None = None,
-    tile: int | None = None,
-    overlap: float | None = None,
-    blend: str | None = None,
-    tta: str | None = None,
-    batch_size: int | None = None,
-) -> SegmentationMetrics:
-    """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
+def scoring_predictor(
+    model_path: str | Path, device: str | None = None, **options: Any
+) -> tuple[Any, DataConfig]:
+    """The :class:`~segkit.inference.predictor.Predictor` of ``model_path`` at temperature 1 (the
+    network's own probabilities: scorers apply the model's temperature themselves, to report
+    both) and the data settings its masks are read with. ``options``: tile, overlap, ..."""
     from segkit.inference.predictor import Predictor
-    from segkit.inference.readahead import default_workers, header_pixels, read_ahead
 
     model_path = Path(model_path)
-    if not pairs:
-        raise DataError("no image/mask pairs to evaluate")
-    predictor = Predictor.from_path(
-        model_path,
-        device=device,
-        tile=tile,
-        overlap=overlap,
-        blend=blend,
-        tta=tta,
-        batch_size=batch_size,
-    )
+    predictor = Predictor.from_path(model_path, device=device, temperature=1.0, **options)
     data = model_data_config(model_path, predictor)
-    classes = list(predictor.info.classes)
-    if len(classes) != data.num_classes:
+    if len(predictor.info.classes) != data.num_classes:
         raise ModelError(
-            f"{model_path}: the model has {len(classes)} classes but its data config lists {data.num_classes}"
+            f"{model_path}: the model has {len(predictor.info.classes)} classes but its data config lists {data.num_classes}"
         )
-    confusion = ConfusionMatrix(
-        len(classes), ignore_index=data.ignore_index, sync=False
-    )  # may run on rank 0 only
-    masks: deque[np.ndarray] = deque()  # of the images predict_many has taken, not yet scored
+    return predictor, data
+
+
+def scored_images(
+    predictor: Any, pairs: Sequence[tuple[Path, Path]], data: DataConfig
+) -> Iterator[tuple[np.ndarray, Iterator[tuple[int, int, torch.Tensor]]]]:
+    """``(mask, blocks)`` of every pair in order: the ``(H, W)`` mask and the image's
+    ``(row, col, (K, h, w) probabilities)`` blocks (:meth:`Predictor.blocks_many`; use them
+    before asking for the next image). Images are decoded ahead (readahead.py)."""
+    from segkit.inference.readahead import default_workers, header_pixels, read_ahead
+
+    masks: deque[np.ndarray] = deque()  # of the images the predictor has taken, not yet scored
 
     def images() -> Iterator[np.ndarray]:
-        """The images, decoded ahead (readahead.py: a pass or two of small images)."""
         for _, loaded in read_ahead(
             pairs,
             lambda pair: _load_pair(*pair, data),
@@ -116,12 +104,85 @@ def evaluate_pairs(
             masks.append(mask)
             yield image
 
-    for pred in predictor.predict_many(images()):  # small images share forward passes
-        mask = masks.popleft()
+    for blocks in predictor.blocks_many(images()):  # small images share forward passes
+        yield masks.popleft(), blocks
+
+
+class EvaluationMetrics(SegmentationMetrics):
+    """:class:`SegmentationMetrics` plus how well the probabilities are calibrated: ECE and NLL
+    before and after the model's temperature scaling (:mod:`segkit.models.calibration`)."""
+
+    def __init__(
+        self, matrix: np.ndarray, classes: list[str], calibration: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(matrix, classes)
+        self.calibration = calibration
+
+    def table(self, title: str | None = None) -> Any:
+        """The metrics table; its caption ends with the calibration line."""
+        t = super().table(title)
+        c = self.calibration
+        if c and c["ece_before"] is not None:
+            t.caption = (
+                f"{t.caption}\ncalibration ({c['bins']} bins): ECE {100 * c['ece_before']:.2f}% -> "
+                f"{100 * c['ece_after']:.2f}%, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f} "
+                f"(temperature {c['temperature']:.3g})"
+            )
+        return t
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics' JSON, with ``calibration`` (temperature, ECE/NLL before and after)."""
+        return {**super().to_dict(), "calibration": self.calibration}
+
+
+def evaluate_pairs(
+    model_path: str | Path,
+    pairs: Sequence[tuple[Path, Path]],
+    *,
+    device: str | None = None,
+    json_path: str | Path | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: str | None = None,
+    batch_size: int | None = None,
+) -> EvaluationMetrics:
+    """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
+    from segkit.inference.labels import HostLabels, label_dtype
+    from segkit.inference.uncertainty import apply_temperature
+    from segkit.models.calibration import CalibrationStats, calibration_summary
+
+    model_path = Path(model_path)
+    if not pairs:
+        raise DataError("no image/mask pairs to evaluate")
+    predictor, data = scoring_predictor(
+        model_path, device, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size
+    )
+    classes = list(predictor.info.classes)
+    temperature = predictor.info.temperature
+    confusion = ConfusionMatrix(
+        len(classes), ignore_index=data.ignore_index, sync=False
+    )  # may run on rank 0 only
+    before, after = CalibrationStats(), CalibrationStats()
+    for mask, blocks in scored_images(predictor, pairs, data):
+        pred = np.empty(mask.shape, dtype=label_dtype(len(classes)))
+        labels = HostLabels(pred)
+        for row, col, probs in blocks:
+            labels.add(row, col, probs)
+            window = mask[row : row + probs.shape[1], col : col + probs.shape[2]]
+            target = torch.from_numpy(window.astype(np.int64))
+            valid = (target != data.ignore_index) & (target >= 0) & (target < len(classes))
+            before.update(probs, target, valid)
+            if temperature != 1.0:
+                probs = apply_temperature(probs.clone(), temperature)
+            after.update(probs, target, valid)
+        labels.flush()
         confusion.update(
             torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
         )
-    metrics = SegmentationMetrics(confusion.compute().numpy(), classes)
+    metrics = EvaluationMetrics(
+        confusion.compute().numpy(), classes, calibration_summary(before, after, temperature)
+    )
     if json_path is not None:
         payload = {"model": str(model_path), "images": len(pairs), **metrics.to_dict()}
         try:
@@ -142,8 +203,9 @@ def evaluate(
     blend: str | None = None,
     tta: str | None = None,
     batch_size: int | None = None,
-) -> SegmentationMetrics:
-    """Per-class IoU/Dice/precision/recall of a ``.ckpt`` or ``.onnx`` model on a folder pair.
+) -> EvaluationMetrics:
+    """Per-class IoU/Dice/precision/recall, and ECE/NLL, of a ``.ckpt`` or ``.onnx`` model on a
+    folder pair.
 
     Images and masks pair by stem (as in training); options left at ``None`` take the model's
     stored predict defaults. With ``json_path`` the metrics are also written there (atomically).

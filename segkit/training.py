@@ -408,7 +408,6 @@ def train(
     """
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
-    from segkit.evaluation import evaluate_pairs
     from segkit.models.diagnostics import training_warnings
     from segkit.models.module import SegmentationModule
 
@@ -442,9 +441,6 @@ def train(
         warnings.filterwarnings(
             "ignore", message=r"Checkpoint directory .* exists and is not empty"
         )
-        warnings.filterwarnings(
-            "ignore", message=r"Experiment logs directory .* exists"
-        )  # ResumableCSVLogger keeps them
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **_safe_load())
 
     last = run_dir / "last.ckpt"
@@ -452,12 +448,7 @@ def train(
     payload: dict[str, Any] = {}  # rank 0 fills it; the broadcast hands it to the others
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
-        metrics = evaluate_pairs(
-            best, datamodule.val_pairs, device=device, json_path=run_dir / "metrics.json"
-        )
-        payload = metrics.to_dict()
-        if plan is not None and "predict.tta" in plan.reasons():
-            _decide_tta(best, datamodule.val_pairs, metrics.miou, device, plan)
+        payload = _finish_best(best, datamodule.val_pairs, device, plan, run_dir).to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)
     if not opened_by_caller:
         _close_process_group()
@@ -474,18 +465,25 @@ def train(
     )
 
 
-def _decide_tta(
-    best: Path, pairs: list[tuple[Path, Path]], miou: float, device: str, plan: Plan
-) -> None:
-    """Store a TTA mode in the best checkpoint's predict defaults when the plan measures it pays."""
+def _finish_best(
+    best: Path, pairs: list[tuple[Path, Path]], device: str, plan: Plan | None, run_dir: Path
+) -> SegmentationMetrics:
+    """The decisions made on the validation set after training, stored in ``best`` (each an
+    atomic rewrite), then its metrics (``metrics.json``): the TTA mode where the plan measures
+    that it pays, then the temperature, fitted on the predictions users will get."""
     from segkit.bundle import update_hparams
+    from segkit.evaluation import evaluate_pairs
+    from segkit.models.calibration import fit_checkpoint_temperature
     from segkit.planning import measured_tta
 
-    decision = measured_tta(best, pairs, miou, device)
-    if decision is None:
-        return
-    update_hparams(best, lambda h: h["config"]["predict"].update(tta=decision.value))
-    plan.decisions = [d for d in plan.decisions if d.key != decision.key] + [decision]
+    if plan is not None and "predict.tta" in plan.reasons():
+        without = evaluate_pairs(best, pairs, device=device, tta="none").miou
+        decision = measured_tta(best, pairs, without, device)
+        if decision is not None:
+            update_hparams(best, lambda h: h["config"]["predict"].update(tta=decision.value))
+            plan.decisions = [d for d in plan.decisions if d.key != decision.key] + [decision]
+    fit_checkpoint_temperature(best, pairs, device)
+    return evaluate_pairs(best, pairs, device=device, json_path=run_dir / "metrics.json")
 
 
 def _logged(trainer: L.Trainer, key: str) -> float | None:

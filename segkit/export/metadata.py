@@ -146,6 +146,9 @@ def onnx_model_info(
         ):
             info.batch_size = input_shape[0]
         info.ignore_index = int(meta.get("ignore_index", info.ignore_index))
+        info.temperature = float(meta.get("temperature", info.temperature))
+        if not info.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {info.temperature}")
     except (ValueError, TypeError, KeyError) as e:
         raise ModelError(f"{name}: malformed segkit metadata: {first_line(e)}") from None
     info.extra = {k: v for k, v in meta.items() if k != "config"}

@@ -263,6 +263,7 @@ def _metadata(
         "tta": cfg.predict.tta,
         "batch_size": str(cfg.predict.batch_size or ""),  # empty: the device's default
         "ignore_index": str(cfg.data.ignore_index),
+        "temperature": repr(bundle.temperature),  # fitted after training; 1.0: none
         "head": head,
         "normalize_in_graph": json.dumps(normalize_in_graph),
         "fp16": json.dumps(fp16),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,24 +33,38 @@ def _labels_in_place(probs: torch.Tensor) -> torch.Tensor:
 class HostLabels:
     """Writes the arg-max labels of stitched blocks into a host label map without stalling a GPU.
 
+    ``reduce`` maps ``(K, h, w)`` probabilities to another ``(h, w)`` map instead of the labels
+    (the uncertainty maps), with the same lagged copies.
+
     On a CPU, a block's labels are written at once. On CUDA, the arg-max and an asynchronous copy
     into pinned memory are queued behind the network, and the block is written ``lag`` blocks
     later (or at :meth:`flush`). A plain ``.cpu()`` per block would make the host wait for the GPU
     to drain at the end of every row of tiles, and the GPU idle while the host queues the next.
     """
 
-    def __init__(self, out: np.ndarray, lag: int = 2) -> None:
+    def __init__(
+        self,
+        out: np.ndarray,
+        lag: int = 2,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.out = out
         self.lag = lag
+        self.reduce = reduce
         self._pending: deque[tuple[int, int, torch.Tensor, torch.cuda.Event]] = deque()
 
     def add(self, row: int, col: int, probs: torch.Tensor | np.ndarray) -> None:
         """Take the ``(K, h, w)`` probabilities of the block at ``(row, col)``."""
         if not isinstance(probs, torch.Tensor) or probs.device.type != "cuda":
-            labels = argmax_labels(probs)
-            self.out[row : row + labels.shape[0], col : col + labels.shape[1]] = labels
+            if self.reduce is None:
+                values = argmax_labels(probs)
+            else:
+                tensor = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(probs)
+                values = self.reduce(tensor).cpu().numpy()
+            self.out[row : row + values.shape[0], col : col + values.shape[1]] = values
             return
-        host = _labels_in_place(probs).to("cpu", non_blocking=True)  # pinned, filled later
+        on_device = _labels_in_place(probs) if self.reduce is None else self.reduce(probs)
+        host = on_device.to("cpu", non_blocking=True)  # pinned, filled later
         copied = torch.cuda.Event()
         copied.record(torch.cuda.current_stream(probs.device))
         self._pending.append((row, col, host, copied))

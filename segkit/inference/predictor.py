@@ -29,6 +29,7 @@ from segkit.inference.tiling import (
     make_grid,
     to_device,
 )
+from segkit.inference.uncertainty import apply_temperature
 
 Image = np.ndarray | TiffWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
@@ -126,6 +127,7 @@ class Predictor:
         blend: str | None = None,
         tta: str | None = None,
         batch_size: int | None = None,
+        temperature: float | None = None,
     ) -> None:
         self.backend = backend
         self.info: ModelInfo = backend.info
@@ -137,6 +139,13 @@ class Predictor:
             "batch_size": batch_size,
         }
         self.settings()  # validate early
+        self.temperature = float(
+            temperature if temperature is not None else backend.info.temperature
+        )
+        """Divides the logits (applied to the blended probabilities; 1: as the network gives them).
+        Defaults to the model's fitted temperature (:mod:`segkit.models.calibration`)."""
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         # Made once: creating them per image would wait for the GPU to finish the previous one.
         self._mean, self._std = (
             torch.tensor(v, dtype=torch.float32, device=self._device()).view(1, -1, 1, 1)
@@ -153,11 +162,12 @@ class Predictor:
         blend: str | None = None,
         tta: str | None = None,
         batch_size: int | None = None,
+        temperature: float | None = None,
         **onnx_facts: Any,
     ) -> Predictor:
         """Open a ``.ckpt`` bundle (torch) or a ``.onnx`` export (onnxruntime).
 
-        ``onnx_facts`` (``classes``, ``mean``, ``std``) describe an ONNX file without segkit metadata.
+        ``temperature=1.0`` gives the network's own (uncalibrated) probabilities. ``onnx_facts`` (``classes``, ``mean``, ``std``) describe an ONNX file without segkit metadata.
         """
         path = Path(path)
         facts = {k: v for k, v in onnx_facts.items() if v is not None}
@@ -175,7 +185,15 @@ class Predictor:
             from segkit.inference.torch_backend import TorchBackend
 
             backend = TorchBackend.from_path(path, device)
-        return cls(backend, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size)
+        return cls(
+            backend,
+            tile=tile,
+            overlap=overlap,
+            blend=blend,
+            tta=tta,
+            batch_size=batch_size,
+            temperature=temperature,
+        )
 
     def with_options(self, **options: Any) -> Predictor:
         """A predictor on the same backend whose unset (``None``) options keep this one's."""
@@ -183,7 +201,12 @@ class Predictor:
             k: options.get(k) if options.get(k) is not None else v
             for k, v in self._defaults.items()
         }
-        return Predictor(self.backend, **merged)
+        temperature = options.get("temperature")
+        return Predictor(
+            self.backend,
+            **merged,
+            temperature=temperature if temperature is not None else self.temperature,
+        )
 
     def settings(self, **overrides: Any) -> Settings:
         """Call options, else the predictor's, else the model's defaults; validated."""
@@ -298,15 +321,16 @@ class Predictor:
         image = _check_image(image)
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
         for row, col, block in self._blocks(image, s, on_tiles):
+            fresh = False  # a tensor of its own, not a view of the stitching buffer
+            if self.temperature != 1.0:  # scales a view in place: it is used before the next
+                block = apply_temperature(block.clone() if copy else block, self.temperature)
+                fresh = copy
             if as_tensor:
-                yield row, col, (block.clone() if copy else block)
+                yield row, col, (block.clone() if copy and not fresh else block)
             else:
                 on_host = block.cpu()  # a copy when the block is on a GPU, a view on the CPU
-                yield (
-                    row,
-                    col,
-                    on_host.numpy().copy() if copy and on_host is block else on_host.numpy(),
-                )
+                own = copy and on_host is block and not fresh
+                yield row, col, (on_host.numpy().copy() if own else on_host.numpy())
 
     def iter_bands(
         self,
@@ -375,6 +399,7 @@ class Predictor:
                 [self._prepare(extract_tile(im, 0, 0, key.tile_h, key.tile_w)) for im in chunk]
             )
             probs = torch.as_tensor(run(to_device(tiles, device).permute(0, 3, 1, 2)))
+            probs = apply_temperature(probs, self.temperature)  # a fresh tensor: in place
             out += [p[:, : im.shape[0], : im.shape[1]] for im, p in zip(chunk, probs, strict=True)]
         return out
 
@@ -410,6 +435,21 @@ class Predictor:
             labels.add(row, col, block)
         labels.flush()
         return out
+
+    def blocks_many(
+        self, images: Iterable[Image]
+    ) -> Iterator[Iterator[tuple[int, int, torch.Tensor]]]:
+        """Per image, in order, its ``(row, col, (K, h, w) probabilities)`` blocks as tensors on
+        the backend's device (:meth:`iter_blocks` with ``as_tensor=True, copy=False``: use each
+        block, and each image's blocks, before asking for the next). ``images`` is read lazily;
+        consecutive images that fit one tile of one shape share forward passes."""
+        keyed = ((image, self.batch_key(_check_image(image))) for image in images)
+        for group in consecutive_batches(keyed, lambda pair: pair[1], self.images_per_pass):
+            if group[0][1] is None:
+                yield self.iter_blocks(group[0][0], as_tensor=True, copy=False)  # type: ignore[misc]
+                continue
+            for probs in self.probs_together([image for image, _ in group]):
+                yield iter([(0, 0, probs)])
 
     def predict_many(self, images: Iterable[Image]) -> Iterator[np.ndarray]:
         """:meth:`predict` of each image, in order, reading ``images`` lazily. Consecutive images

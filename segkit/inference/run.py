@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError
+from segkit.inference.geo import GeoReference, read_georeference
 from segkit.inference.predictor import (
     BatchKey,
     Predictor,
@@ -114,6 +115,7 @@ class _Job:
     t0: float
     tiles: int = 0
     key: BatchKey | None = None  # images with one key share forward passes
+    geo: GeoReference | None = None  # a GeoTIFF's georeferencing, kept in its outputs
 
 
 class _Progress:
@@ -213,10 +215,12 @@ def _plan(
     todo: list[tuple[int, InputImage, Path]] = []
     for i, item in enumerate(items):
         base = output / item.rel.parent / item.rel.stem
+        tiff = item.path.suffix.lower() in (".tif", ".tiff")  # a GeoTIFF's outputs are TIFFs
         clash = [
-            output_path(base, kind, num_classes)
+            output_path(base, kind, num_classes, tiff=t)
             for kind in save
-            if output_path(base, kind, num_classes).resolve() == item.path.resolve()
+            for t in {False, tiff}
+            if output_path(base, kind, num_classes, tiff=t).resolve() == item.path.resolve()
         ]
         if base in owners:
             error = f"its outputs would overwrite those of {owners[base]} (same name)"
@@ -278,19 +282,22 @@ class _ImageRun:
         in_channels = self.predictor.info.in_channels
         for (i, item, base), fut in read_ahead(
             todo,
-            lambda job: open_image(job[1].path, in_channels, max_pixels),
+            lambda job: (
+                open_image(job[1].path, in_channels, max_pixels),
+                read_georeference(job[1].path),
+            ),
             lambda job: header_pixels(job[1].path, max_pixels),
             workers=self.workers,
             spare_pixels=self.spare_pixels,
         ):
             t0 = time.perf_counter()
             try:
-                image = fut.result()
+                image, geo = fut.result()
             except Exception as e:  # noqa: BLE001 - any decoder failure is this image's failure
                 self.records[i] = _record(item, "failed", error=_reason(e, item.path))
                 self.bar.image()
                 continue
-            job = _Job(i, item, base, image, t0)
+            job = _Job(i, item, base, image, t0, geo=geo)
             del image
             try:
                 job.tiles = len(self.predictor.grid(*job.image.shape[:2])) * self.passes
@@ -328,7 +335,7 @@ class _ImageRun:
         h, w = job.image.shape[:2]
         try:
             writer = OutputWriter(
-                job.base, self.save, self.predictor.info, h, w, self.probs_dtype
+                job.base, self.save, self.predictor.info, h, w, self.probs_dtype, geo=job.geo
             ).__enter__()
             try:
                 for row, col, block in blocks:
@@ -339,9 +346,9 @@ class _ImageRun:
         except (SegkitError, RuntimeError, MemoryError) as e:
             self._fail(job, e)
             return
-        overlay = job.image if "overlay" in self.save else None
+        pixels = job.image if writer.needs_image() else None
         meta = {"t0": job.t0, "height": h, "width": w, "tiles": job.tiles}
-        self.writes.append((job.index, job.item, self.writers.submit(writer.commit, overlay), meta))
+        self.writes.append((job.index, job.item, self.writers.submit(writer.commit, pixels), meta))
         job.image = None  # free the pixels now, not when the next image has been decoded
         while len(self.writes) > HELD and (
             sum(m["height"] * m["width"] for *_, m in self.writes) > self.spare_pixels

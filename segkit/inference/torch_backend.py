@@ -87,6 +87,7 @@ def info_from_bundle(bundle: Bundle) -> ModelInfo:
         tta=p.tta,
         batch_size=p.batch_size,
         ignore_index=cfg.data.ignore_index,
+        temperature=bundle.temperature,
         extra={"arch": cfg.model.arch, "encoder": cfg.model.encoder, "source": str(bundle.path)},
         data=cfg.data,
     )

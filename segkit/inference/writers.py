@@ -1,4 +1,5 @@
-"""Prediction outputs (index / color / overlay / probs) and the run manifest, all written atomically.
+"""Prediction outputs (index / color / overlay / probs / entropy / confidence) and the run manifest,
+all written atomically.
 
 Every file of one image goes to a temporary name first and is renamed only when all of them are
 complete, so a failing or killed run never leaves a half-written or partial set of outputs. Write
@@ -19,45 +20,77 @@ import torch
 from segkit.data.io import image_to_float
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
+from segkit.inference.geo import GeoReference, georeference, label_nodata, nodata_mask
 from segkit.inference.labels import HostLabels, label_dtype
+from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.utils import atomic_path, temporary_target
 
-OUTPUT_KINDS = ("index", "color", "overlay", "probs")
+OUTPUT_KINDS = ("index", "color", "overlay", "probs", *UNCERTAINTY_MAPS)
 PROBS_DTYPES = ("float16", "uint8")
 PNG_MAX_SIDE = 65535
 """Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
+PYRAMID_MIN_PIXELS = 4096 * 4096
+"""Index masks with at least this many pixels (of inputs that are not GeoTIFFs) are written as
+pyramidal OME-TIFFs, ``<stem>.ome.tif``: full resolution plus 2x-downsampled sub-resolutions,
+so QuPath, napari and Fiji open and pan them without reading the whole mask."""
+_PYRAMID_TILE = 512
 MANIFEST = "manifest.jsonl"
 _ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
 _TIFF_TILE = 256  # tiles of large colour/overlay TIFFs: one band of them is made at a time
-_SUFFIX = {"index": "", "color": "_color", "overlay": "_overlay", "probs": "_probs"}
+_SUFFIX = {
+    "index": "",
+    "color": "_color",
+    "overlay": "_overlay",
+    "probs": "_probs",
+    "entropy": "_entropy",
+    "confidence": "_confidence",
+}
 
 
 def output_path(
-    base: Path, kind: str, num_classes: int, height: int | None = None, width: int | None = None
+    base: Path,
+    kind: str,
+    num_classes: int,
+    height: int | None = None,
+    width: int | None = None,
+    *,
+    tiff: bool = False,
 ) -> Path:
     """Where output ``kind`` of the image with output stem ``base`` goes (``base`` has no suffix).
 
-    index: ``<stem>.png`` (``.tif`` for > 256 classes); color/overlay: ``<stem>_color.png`` ...;
-    probs: ``<stem>_probs.npy``. Images with a side > ``PNG_MAX_SIDE`` get ``.tif`` instead of ``.png``.
+    index: ``<stem>.png`` (``.tif`` for > 256 classes; ``.ome.tif``, pyramidal, from
+    :data:`PYRAMID_MIN_PIXELS` pixels unless ``tiff``); color/overlay: ``<stem>_color.png`` ...;
+    probs: ``<stem>_probs.npy``; entropy/confidence: ``<stem>_entropy.tif`` (float32 TIFF: PNG holds
+    no floats). Images with a side > ``PNG_MAX_SIDE``, and with ``tiff`` (georeferenced outputs),
+    get ``.tif`` instead of ``.png``.
     """
     if kind not in OUTPUT_KINDS:
         raise DataError(f"unknown output '{kind}' (allowed: {', '.join(OUTPUT_KINDS)})")
     name = base.name + _SUFFIX[kind]
     if kind == "probs":
         return base.with_name(name + ".npy")
+    if kind in UNCERTAINTY_MAPS:
+        return base.with_name(name + ".tif")
+    if kind == "index" and not tiff and (height or 0) * (width or 0) >= PYRAMID_MIN_PIXELS:
+        return base.with_name(name + ".ome.tif")
     big = height is not None and width is not None and max(height, width) > PNG_MAX_SIDE
-    tiff = big or (kind == "index" and num_classes > 256)
+    tiff = tiff or big or (kind == "index" and num_classes > 256)
     return base.with_name(name + (".tif" if tiff else ".png"))
+
+
+def _name_variants(base: Path, kind: str, num_classes: int) -> set[Path]:
+    """Every name output ``kind`` of ``base`` can have, whatever the image's size."""
+    return {
+        output_path(base, kind, num_classes),
+        output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
+        output_path(base, kind, num_classes, PYRAMID_MIN_PIXELS, 1),
+    }
 
 
 def outputs_exist(base: Path, save: Sequence[str], num_classes: int) -> bool:
     """True when every requested output of ``base`` exists (as PNG or TIFF, whatever the size was)."""
     for kind in save:
-        candidates = {
-            output_path(base, kind, num_classes),
-            output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
-        }
-        if not any(p.is_file() for p in candidates):
+        if not any(p.is_file() for p in _name_variants(base, kind, num_classes)):
             return False
     return True
 
@@ -76,10 +109,7 @@ def remove_stale_temporaries(
         targets.setdefault(p.parent, set()).add(p.name)
     for base in bases:
         for kind in save:
-            for p in (
-                output_path(base, kind, num_classes),
-                output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
-            ):
+            for p in _name_variants(base, kind, num_classes):
                 targets.setdefault(p.parent, set()).add(p.name)
     removed = 0
     for folder, names in targets.items():
@@ -119,8 +149,10 @@ class OutputWriter:
         height: int,
         width: int,
         probs_dtype: str = "float16",
+        geo: GeoReference | None = None,
     ) -> None:
         self.save = tuple(dict.fromkeys(save))
+        self.geo = geo
         for kind in self.save:
             output_path(base, kind, info.num_classes)  # validates the kind
         if probs_dtype not in PROBS_DTYPES:
@@ -129,13 +161,16 @@ class OutputWriter:
             )
         self.info, self.height, self.width, self.probs_dtype = info, height, width, probs_dtype
         self.paths = {
-            kind: output_path(base, kind, info.num_classes, height, width) for kind in self.save
+            kind: output_path(base, kind, info.num_classes, height, width, tiff=geo is not None)
+            for kind in self.save
         }
         self.labels = np.zeros((height, width), dtype=label_dtype(info.num_classes))
         self._label_copies = HostLabels(self.labels)  # arg-max per block, lagged on a GPU
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
-        self._probs: np.memmap | None = None
+        self._probs: np.ndarray | None = None
+        self._maps: dict[str, np.ndarray] = {}  # entropy/confidence: memory-mapped TIFF pixels
+        self._map_copies: dict[str, HostLabels] = {}
         self._current: Path | None = None
 
     def __enter__(self) -> OutputWriter:
@@ -151,6 +186,13 @@ class OutputWriter:
                     dtype=np.dtype(self.probs_dtype),
                     shape=(self.info.num_classes, self.height, self.width),
                 )
+            for kind in UNCERTAINTY_MAPS:
+                if kind in self.paths:
+                    self._current = self.paths[kind]
+                    self._maps[kind] = _float_tiff(self._tmp[kind], self.height, self.width)
+                    self._map_copies[kind] = HostLabels(
+                        self._maps[kind], reduce=MAP_FUNCTIONS[kind]
+                    )
         except OSError as e:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
@@ -163,6 +205,7 @@ class OutputWriter:
     def abort(self) -> None:
         """Remove every temporary file; nothing of this image is left behind."""
         self._probs = None
+        self._maps, self._map_copies = {}, {}
         err = DataError("aborted")
         self._stack.__exit__(DataError, err, None)
 
@@ -171,6 +214,12 @@ class OutputWriter:
         a few blocks later, see :class:`HostLabels`; :meth:`commit` waits for them), probs to
         disk. ``probs`` may be a torch tensor on any device: the arg-max then runs there."""
         self._label_copies.add(row, col, probs)
+        try:
+            for kind, copies in self._map_copies.items():
+                self._current = self.paths[kind]
+                copies.add(row, col, probs)
+        except OSError as e:
+            raise _cannot_write(self._current, e) from None  # type: ignore[arg-type]
         if self._probs is not None:
             rows = slice(row, row + probs.shape[1])
             cols = slice(col, col + probs.shape[2])
@@ -182,18 +231,35 @@ class OutputWriter:
             except OSError as e:
                 raise _cannot_write(self.paths["probs"], e) from None
 
+    def needs_image(self) -> bool:
+        """Whether :meth:`commit` reads the input image (overlay, or a GeoTIFF's nodata pixels)."""
+        return "overlay" in self.paths or (self.geo is not None and self.geo.nodata is not None)
+
     def commit(self, image: np.ndarray | None = None) -> dict[str, Path]:
-        """Write index/color/overlay and move every file into place. ``image`` is needed for overlay."""
+        """Write index/color/overlay and move every file into place. ``image`` is needed when
+        :meth:`needs_image` says so."""
         colors = np.asarray(self.info.colors, dtype=np.uint8)
         self._label_copies.flush()
         try:
+            for kind, copies in self._map_copies.items():
+                self._current = self.paths[kind]
+                copies.flush()
+            if self.geo is not None and self.geo.nodata is not None and image is not None:
+                self._mask_nodata(image, self.geo.nodata)
+            for kind in self._map_copies:
+                self._current = self.paths[kind]
+                self._maps[kind].flush()
+            self._maps, self._map_copies = {}, {}
             if self._probs is not None:
                 self._current = self.paths["probs"]
                 self._probs.flush()
                 self._probs = None
             if "index" in self.paths:
                 self._current = self.paths["index"]
-                _write_labels(self._tmp["index"], self.labels, colors)
+                if self.paths["index"].name.endswith(".ome.tif"):
+                    _write_pyramid(self._tmp["index"], self.labels)
+                else:
+                    _write_labels(self._tmp["index"], self.labels, colors)
             if "color" in self.paths:
                 self._current = self.paths["color"]
                 _write_rgb(
@@ -213,6 +279,8 @@ class OutputWriter:
                         (display_rgb(image[sl]).astype(np.uint16) + colors[self.labels[sl]]) // 2
                     ).astype(np.uint8),
                 )
+            if self.geo is not None:
+                self._georeference()
             self._current = next(iter(self.paths.values()), None)
             self._stack.close()  # fsync + rename every temporary file
         except OSError as e:
@@ -222,6 +290,66 @@ class OutputWriter:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         return dict(self.paths)
+
+    def _mask_nodata(self, image: np.ndarray, nodata: float) -> None:
+        """The input's nodata pixels become nodata in the labels and NaN in the maps."""
+        label_value = label_nodata(self.labels.dtype, self.info.num_classes)
+        for r in range(0, self.height, _ROWS):
+            rows = slice(r, r + _ROWS)
+            mask = nodata_mask(np.asarray(image[rows]), nodata)
+            if not mask.any():
+                continue
+            if label_value is not None:
+                self.labels[rows][mask] = label_value
+            for values in self._maps.values():
+                values[rows][mask] = np.nan
+
+    def _georeference(self) -> None:
+        """Every raster output gets the input's CRS and transform (and nodata where it has one)."""
+        geo = self.geo
+        assert geo is not None
+        for kind, path in self.paths.items():
+            if kind == "probs":  # a numpy array, not a raster
+                continue
+            self._current = path
+            nodata = None
+            if geo.nodata is not None and kind == "index":
+                nodata = label_nodata(self.labels.dtype, self.info.num_classes)
+            elif geo.nodata is not None and kind in UNCERTAINTY_MAPS:
+                nodata = float("nan")
+            georeference(self._tmp[kind], path, geo, nodata)
+
+
+def _float_tiff(tmp: Path, height: int, width: int) -> np.ndarray:
+    """An ``height x width`` float32 TIFF at ``tmp``, memory-mapped: blocks are written into the
+    file as they come, so a map of any size holds no more than the OS's page cache."""
+    import tifffile
+
+    return tifffile.memmap(
+        tmp, shape=(height, width), dtype=np.float32, bigtiff=height * width * 4 > 2**31
+    )
+
+
+def pyramid_levels(height: int, width: int) -> int:
+    """Resolutions of a pyramid: halve until the smaller side would drop under one tile."""
+    levels = 1
+    while min(height, width) >> levels >= _PYRAMID_TILE:
+        levels += 1
+    return levels
+
+
+def _write_pyramid(tmp: Path, labels: np.ndarray) -> None:
+    """Labels as a tiled OME-TIFF whose sub-IFDs hold 2x, 4x, ... downsampled copies (every
+    2^n-th pixel: a label is never averaged into one that does not exist)."""
+    import tifffile
+
+    levels = pyramid_levels(*labels.shape)
+    options = {"tile": (_PYRAMID_TILE, _PYRAMID_TILE), "compression": "zlib"}
+    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        tif.write(labels, subifds=levels - 1, metadata={"axes": "YX"}, **options)
+        for level in range(1, levels):
+            step = 1 << level
+            tif.write(np.ascontiguousarray(labels[::step, ::step]), subfiletype=1, **options)
 
 
 def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:

@@ -63,3 +63,12 @@ def test_image() -> np.ndarray:
     """A 100x150 uint8 RGB image of the training kind (not a multiple of the stride or the tile)."""
     images, _ = synthetic_batch(torch.Generator().manual_seed(1), n=1, size=160)
     return (images[0, :, :100, :150].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The trained bundle exported to ONNX, and the verified max difference."""
+    from segkit.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return out, export_onnx(trained_bundle, out)

@@ -21,12 +21,6 @@ from segkit.inference.onnx_backend import OnnxBackend
 from tests.export.conftest import CLASSES, synthetic_batch
 
 
-@pytest.fixture(scope="session")
-def exported(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    return out, export_onnx(trained_bundle, out)
-
-
 def _predictor() -> type:
     """The Predictor (skips until segkit.inference.predictor has landed)."""
     return pytest.importorskip("segkit.inference.predictor").Predictor
