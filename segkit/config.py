@@ -688,7 +688,7 @@ def save_config(config: SegkitConfig, path: str | Path) -> None:
 
 
 def config_reference() -> list[tuple[str, str, str]]:
-    """(key, default, description) rows of every config key: the README's config reference."""
+    """(key, default, description) rows of every config key: docs/config.md's reference."""
     rows = []
     for section_name, field in SegkitConfig.model_fields.items():
         section = field.annotation
