@@ -22,14 +22,16 @@ from segkit.errors import ConfigError
 
 MAX_SAMPLED_IMAGES = 64  # enough for stable statistics; bounds the time on large datasets
 RARE_SHARE = 0.05  # a class under this share of the labelled pixels counts as rare
-UNLIMITED_EPOCHS = 100_000  # with a time budget, the budget ends the run
+UNLIMITED_EPOCHS = 100_000
+SMALL_DATASET = 50  # fewer image pairs: a smaller validation share  # with a time budget, the budget ends the run
 
 
 @dataclass
 class Fingerprint:
     """What the training images hold (a seeded sample of at most ``MAX_SAMPLED_IMAGES``)."""
 
-    images: int
+    images: int  # in the training split
+    pairs: int  # image/mask pairs in data.train, before a validation share is held out
     sampled: int
     median_size: tuple[int, int]  # (height, width)
     min_side: int
@@ -106,6 +108,7 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     if data.train is None:
         raise ConfigError("data.train is not set: the plan reads the training images")
     pairs = find_pairs(data.train.images, data.train.masks)
+    total = len(pairs)
     if data.val is None:
         pairs, _ = split_pairs(pairs, data.val_fraction, config.run.seed)
     rng = np.random.default_rng(config.run.seed)
@@ -133,6 +136,7 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     sides = np.array(sizes)
     return Fingerprint(
         images=len(pairs),
+        pairs=total,
         sampled=len(dataset),
         median_size=(int(np.median(sides[:, 0])), int(np.median(sides[:, 1]))),
         min_side=int(sides.min()),
@@ -163,11 +167,6 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
         choose("model.encoder", "resnet34", "a GPU trains the standard U-Net encoder fast")
     else:
         choose("model.encoder", "resnet18", "a CPU trains a smaller encoder more steps per minute")
-        choose(
-            "model.kwargs",
-            {"decoder_channels": [128, 64, 32, 16, 16]},
-            "a CPU: half-width decoder, whose full-resolution stages cost the most",
-        )
     # The patch: as large as the device affords, never beyond the images (rounded to the stride).
     largest = 512 if gpu else 256
     typical = min(fp.median_size)
@@ -191,6 +190,12 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     if not (data.in_channels == 3 and config.model.encoder_weights == "imagenet"):
         choose("data.mean", fp.mean, "the training images' own per-channel mean")
         choose("data.std", fp.std, "the training images' own per-channel std")
+    if data.val is None and fp.pairs < SMALL_DATASET:
+        choose(
+            "data.val_fraction",
+            0.1,
+            f"{fp.pairs} images: hold out fewer for validation, train on more",
+        )
     rare = [
         name
         for name, share in zip(data.classes, fp.class_share, strict=True)

@@ -214,7 +214,7 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     from segkit.planning import Fingerprint
 
-    fp = Fingerprint(25, 25, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0])
+    fp = Fingerprint(20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0])
     config = load_config(
         {
             "data": {"classes": ["membrane", "cell"], "mask_encoding": "binary", "in_channels": 1},
@@ -226,3 +226,5 @@ def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     assert planned.predict.tile == 512  # one tile per slice
     assert planned.loss.dice == 1 and planned.optimizer.lr == 3e-3
     assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
+    assert planned.data.val_fraction == 0.1  # 25 images: more of them for training
+    assert planned.model.encoder == "resnet18" and planned.model.kwargs == {}
