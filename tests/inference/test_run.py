@@ -344,3 +344,30 @@ def test_a_signed_integer_tiff_fails_that_image_naming_it(bundle_path, folder, t
     assert summary.ok == 3
     failures = {f.split(": ")[0]: f for f in summary.failures}
     assert "pixels are signed integers (int16)" in failures[str(bad)]
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_progress_counts_images_tiles_not_tta_passes(bundle_path, tmp_path, monkeypatch, tta):
+    """The tiles bar counts the image's tiles once, whatever the TTA passes per tile."""
+    import segkit.inference.run as run
+    from segkit.inference.tiling import make_grid
+
+    counted = {"planned": 0, "done": 0, "images": 0}
+
+    class Recording(run._Progress):
+        def image(self) -> None:
+            counted["images"] += 1
+
+        def plan_tiles(self, n: int) -> None:
+            counted["planned"] += n
+
+        def tiles(self, n: int) -> None:
+            counted["done"] += n
+
+    monkeypatch.setattr(run, "_Progress", Recording)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(shapes_image(150, 170, seed=3)).save(src / "a.png")
+    predict_source(bundle_path, src, tmp_path / "out", tile=64, overlap=0.25, tta=tta, device="cpu")
+    expected = len(make_grid(150, 170, 64, 0.25, 8))  # TINY_MODEL: stride 8
+    assert counted == {"planned": expected, "done": expected, "images": 1}
