@@ -168,8 +168,8 @@ class OutputWriter:
         self._label_copies = HostLabels(self.labels)  # arg-max per block, lagged on a GPU
         self._stack = contextlib.ExitStack()
         self._tmp: dict[str, Path] = {}
-        self._probs: np.ndarray | None = None
-        self._maps: dict[str, np.ndarray] = {}  # entropy/confidence: memory-mapped TIFF pixels
+        self._probs: np.memmap | None = None
+        self._maps: dict[str, np.memmap] = {}  # entropy/confidence: memory-mapped TIFF pixels
         self._map_copies: dict[str, HostLabels] = {}
         self._current: Path | None = None
 
@@ -312,7 +312,7 @@ class OutputWriter:
             if kind == "probs":  # a numpy array, not a raster
                 continue
             self._current = path
-            nodata = None
+            nodata: float | None = None
             if geo.nodata is not None and kind == "index":
                 nodata = label_nodata(self.labels.dtype, self.info.num_classes)
             elif geo.nodata is not None and kind in UNCERTAINTY_MAPS:
@@ -320,7 +320,7 @@ class OutputWriter:
             georeference(self._tmp[kind], path, geo, nodata)
 
 
-def _float_tiff(tmp: Path, height: int, width: int) -> np.ndarray:
+def _float_tiff(tmp: Path, height: int, width: int) -> np.memmap:
     """An ``height x width`` float32 TIFF at ``tmp``, memory-mapped: blocks are written into the
     file as they come, so a map of any size holds no more than the OS's page cache."""
     import tifffile
@@ -344,7 +344,7 @@ def _write_pyramid(tmp: Path, labels: np.ndarray) -> None:
     import tifffile
 
     levels = pyramid_levels(*labels.shape)
-    options = {"tile": (_PYRAMID_TILE, _PYRAMID_TILE), "compression": "zlib"}
+    options: dict[str, Any] = {"tile": (_PYRAMID_TILE, _PYRAMID_TILE), "compression": "zlib"}
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
         tif.write(labels, subifds=levels - 1, metadata={"axes": "YX"}, **options)
         for level in range(1, levels):
