@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +224,25 @@ def evaluate(
         tta=tta,
         batch_size=batch_size,
     )
+
+
+def fit_checkpoint_temperature(
+    checkpoint: str | Path, pairs: Iterable[tuple[Path, Path]], device: str | None = None
+) -> float:
+    """Fit the temperature of ``checkpoint`` on image/mask ``pairs`` (the validation set) through
+    the predictor (tiles, blending and TTA as predict runs them) and store it in the checkpoint."""
+    from segkit.bundle import set_temperature
+    from segkit.models.calibration import PixelSample
+
+    predictor, data = scoring_predictor(checkpoint, device)
+    sample = PixelSample()
+    for mask, blocks in scored_images(predictor, list(pairs), data):
+        for row, col, probs in blocks:
+            target = torch.from_numpy(
+                mask[row : row + probs.shape[1], col : col + probs.shape[2]].astype(np.int64)
+            )
+            valid = (target != data.ignore_index) & (target < probs.shape[0])
+            sample.add(probs, target, valid)
+    temperature = sample.fit()
+    set_temperature(checkpoint, temperature)
+    return temperature

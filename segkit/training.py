@@ -472,8 +472,7 @@ def _finish_best(
     atomic rewrite), then its metrics (``metrics.json``): the TTA mode where the plan measures
     that it pays, then the temperature, fitted on the predictions users will get."""
     from segkit.bundle import update_hparams
-    from segkit.evaluation import evaluate_pairs
-    from segkit.models.calibration import fit_checkpoint_temperature
+    from segkit.evaluation import evaluate_pairs, fit_checkpoint_temperature
     from segkit.planning import measured_tta
 
     if plan is not None and "predict.tta" in plan.reasons():

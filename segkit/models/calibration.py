@@ -14,12 +14,9 @@ bins, as in Guo et al.) and the NLL over any number of blocks without keeping th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 ECE_BINS = 15
@@ -164,25 +161,3 @@ def calibration_summary(
         "nll_before": value(before.nll),
         "nll_after": value(after.nll),
     }
-
-
-def fit_checkpoint_temperature(
-    checkpoint: str | Path, pairs: Iterable[tuple[Path, Path]], device: str | None = None
-) -> float:
-    """Fit the temperature of ``checkpoint`` on image/mask ``pairs`` (the validation set) through
-    the predictor (tiles, blending and TTA as predict runs them) and store it in the checkpoint."""
-    from segkit.bundle import set_temperature
-    from segkit.evaluation import scored_images, scoring_predictor
-
-    predictor, data = scoring_predictor(checkpoint, device)
-    sample = PixelSample()
-    for mask, blocks in scored_images(predictor, list(pairs), data):
-        for row, col, probs in blocks:
-            target = torch.from_numpy(
-                mask[row : row + probs.shape[1], col : col + probs.shape[2]].astype(np.int64)
-            )
-            valid = (target != data.ignore_index) & (target < probs.shape[0])
-            sample.add(probs, target, valid)
-    temperature = sample.fit()
-    set_temperature(checkpoint, temperature)
-    return temperature
