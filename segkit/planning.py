@@ -222,8 +222,8 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     )
     if few:
         choose("augment.scale", [0.85, 1.2], f"{fp.images} training images: random zoom")
-    choose("augment.color_jitter", 0.5, "brightness and contrast the images do not show")
-    choose("augment.gamma", 0.3, "intensity changes the images do not show")
+    choose("augment.color_jitter", 0.5, "robustness to brightness and contrast changes")
+    choose("augment.gamma", 0.3, "robustness to other intensity curves")
     whole = min(1024, -(-max(fp.median_size) // 32) * 32)
     if whole > patch:
         choose(
