@@ -172,7 +172,7 @@ def test_ema_weights_are_what_the_checkpoints_hold(shapes, tmp_path):
         shapes,
         tmp_path,
         optimizer={"ema_decay": 0.5},
-        trainer={"max_epochs": 2},
+        trainer={"max_epochs": 1},
         run={"plan": False},
     )
     result = train(config)
@@ -180,6 +180,9 @@ def test_ema_weights_are_what_the_checkpoints_hold(shapes, tmp_path):
     raw, averaged = last["current_model_state"], last["state_dict"]
     name = "model.segmentation_head.0.weight"
     assert not torch.equal(raw[name], averaged[name])  # the checkpoint's weights are the EMA's
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    assert "current_model_state" not in best and "optimizer_states" not in best  # weights only
+    assert torch.equal(best["state_dict"][name], averaged[name])  # the same epoch: EMA weights
     from segkit.bundle import load_bundle
 
     model = load_bundle(result.last_checkpoint).build_model()
