@@ -17,10 +17,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The benchmark extra (MONAI) too: the tests compare the tiler with it and would skip without it.
+# The benchmark (MONAI) and geo (rasterio) extras too: the tests that compare the tiler with MONAI
+# and the GeoTIFF tests would skip without them.
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[dev,benchmark]"
+	$(BIN)/pip install -q --constraint requirements/constraints.txt -e ".[dev,benchmark,geo]"
 	touch $(STAMP)
 
 install: $(STAMP)
