@@ -30,7 +30,7 @@ def run(tmp_path_factory):
             },
             "model": TINY_MODEL,
             "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
-            "run": {"dir": str(root / "runs"), "name": "r"},
+            "run": {"dir": str(root / "runs"), "name": "r", "plan": False},
         }
     )
     return train(config), data

@@ -77,16 +77,23 @@ def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, pale
         Image.fromarray(truth.astype(np.uint8)).save(root / "masks" / f"{name}.png")
 
 
-def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_path, monkeypatch):
-    """The model was trained on palette masks, so evaluation decodes palette masks."""
+@pytest.fixture
+def echo_predictor(monkeypatch):
+    """Predictor.from_path opens an EchoPredictor: its masks are the images' values."""
     from segkit.inference import predictor as predictor_module
 
-    model = _bundle(tmp_path, mask_encoding="palette", palette=PALETTE)
     monkeypatch.setattr(
         predictor_module.Predictor,
         "from_path",
         classmethod(lambda cls, path, **kw: EchoPredictor(path)),
     )
+
+
+def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(
+    tmp_path, echo_predictor
+):
+    """The model was trained on palette masks, so evaluation decodes palette masks."""
+    model = _bundle(tmp_path, mask_encoding="palette", palette=PALETTE)
     data = tmp_path / "val"
     # image a: 2x3; image b: 2x2 (different sizes are fine)
     _write_pair(
@@ -105,15 +112,8 @@ def test_counts_match_a_hand_computed_matrix_with_the_models_mask_encoding(tmp_p
     assert stored["mIoU"] == pytest.approx(metrics.miou)
 
 
-def test_ignore_index_pixels_are_not_counted(tmp_path, monkeypatch):
-    from segkit.inference import predictor as predictor_module
-
+def test_ignore_index_pixels_are_not_counted(tmp_path, echo_predictor):
     model = _bundle(tmp_path)
-    monkeypatch.setattr(
-        predictor_module.Predictor,
-        "from_path",
-        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
-    )
     data = tmp_path / "val"
     _write_pair(
         data, "a", np.array([[1, 2], [2, 2]]), np.array([[1, IGNORE], [IGNORE, 2]]), palette=False
@@ -123,15 +123,8 @@ def test_ignore_index_pixels_are_not_counted(tmp_path, monkeypatch):
     assert metrics.pixel_accuracy == 1.0
 
 
-def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
-    from segkit.inference import predictor as predictor_module
-
+def test_size_mismatch_names_the_mask(tmp_path, echo_predictor):
     model = _bundle(tmp_path)
-    monkeypatch.setattr(
-        predictor_module.Predictor,
-        "from_path",
-        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
-    )
     data = tmp_path / "val"
     _write_pair(data, "a", np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64), palette=False)
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(data / "masks" / "a.png")
@@ -139,15 +132,8 @@ def test_size_mismatch_names_the_mask(tmp_path, monkeypatch):
         evaluate(model, data / "images", data / "masks")
 
 
-def test_jpeg_masks_with_stray_values_say_why_and_what_to_do(tmp_path, monkeypatch):
-    from segkit.inference import predictor as predictor_module
-
+def test_jpeg_masks_with_stray_values_say_why_and_what_to_do(tmp_path, echo_predictor):
     model = _bundle(tmp_path)
-    monkeypatch.setattr(
-        predictor_module.Predictor,
-        "from_path",
-        classmethod(lambda cls, path, **kw: EchoPredictor(path)),
-    )
     data = tmp_path / "val"
     truth = np.zeros((32, 32), np.uint8)
     truth[8:24, 8:24] = 2  # a square of class 2: JPEG blurs its edges into values 1, 3, ...
