@@ -21,6 +21,8 @@ import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch import losses as L
 
+from segkit.models.deep_supervision import DeepSupervision
+
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=600)
 p.add_argument("--batch", type=int, default=8)
@@ -37,6 +39,7 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--norm", default="fixed")
 p.add_argument("--tta", type=int, default=0)
+p.add_argument("--deep-supervision", type=int, default=0, help="segkit's auxiliary heads")
 p.add_argument(
     "--data",
     default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "membrane"),
@@ -83,8 +86,10 @@ dec = {
 m = smp.create_model(
     "Unet", a.encoder, encoder_weights=None, in_channels=1, classes=2, decoder_channels=dec
 ).to(memory_format=torch.channels_last)
-decay = [q for q in m.parameters() if q.ndim > 1]
-nod = [q for q in m.parameters() if q.ndim <= 1]
+ds = DeepSupervision(m, 2, "Unet") if a.deep_supervision else None
+params = list(m.parameters()) + (list(ds.parameters()) if ds is not None else [])
+decay = [q for q in params if q.ndim > 1]
+nod = [q for q in params if q.ndim <= 1]
 groups = [
     {"params": decay, "weight_decay": 1e-4 if a.opt != "sgd" else 3e-5},
     {"params": nod, "weight_decay": 0},
@@ -138,6 +143,8 @@ for s in range(a.steps):
     y = torch.from_numpy(np.stack(ys)).long()
     m.train()
     loss = lossf(m(x), y)
+    if ds is not None:
+        loss = ds.loss(loss, y, lossf)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -316,10 +316,19 @@ class LossConfig(_Section):
     lovasz: float = Field(0.0, ge=0, description="Lovasz hinge/softmax weight.")
     tversky: float = Field(0.0, ge=0, description="Tversky loss weight.")
     jaccard: float = Field(0.0, ge=0, description="Jaccard (soft IoU) loss weight.")
+    deep_supervision: bool = Field(
+        False,
+        description="Also supervise the decoder's intermediate stages through auxiliary heads "
+        "(training only; Unet, MAnet, Linknet).",
+    )
+
+    def term_weights(self) -> dict[str, float]:
+        """The weight of each loss term (every field but the ``deep_supervision`` switch)."""
+        return self.model_dump(exclude={"deep_supervision"})
 
     @model_validator(mode="after")
     def _some_term(self) -> LossConfig:
-        if not any(v > 0 for v in self.model_dump().values()):
+        if not any(v > 0 for v in self.term_weights().values()):
             raise ValueError("at least one loss weight must be > 0")
         return self
 

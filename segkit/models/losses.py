@@ -70,7 +70,7 @@ def build_loss(loss: LossConfig, num_classes: int, ignore_index: int) -> nn.Modu
     ``num_classes`` is the number of logit channels; every term uses smp's multiclass mode.
     """
     del num_classes  # every term infers K from the logits; kept in the signature for clarity
-    weights = loss.model_dump()
+    weights = loss.term_weights()
     terms = {
         name: (float(w), LOSS_FACTORIES[name](ignore_index)) for name, w in weights.items() if w > 0
     }

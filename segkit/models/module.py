@@ -22,6 +22,7 @@ from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
+from segkit.models.deep_supervision import DeepSupervision
 from segkit.models.losses import build_loss
 from segkit.models.metrics import ConfusionMatrix, SegmentationMetrics
 
@@ -99,6 +100,11 @@ class SegmentationModule(L.LightningModule):
         self.model = build_model(
             model_cfg, self.config.data.num_classes, self.config.data.in_channels
         ).to(memory_format=torch.channels_last)
+        self.deep_supervision = (
+            DeepSupervision(self.model, self.config.data.num_classes, model_cfg.arch)
+            if self.config.loss.deep_supervision
+            else None
+        )
 
     def configure_losses(self) -> None:
         """Build ``self.loss`` from ``config.loss``."""
@@ -121,8 +127,11 @@ class SegmentationModule(L.LightningModule):
         images, masks = batch["image"], batch["mask"].long()
         logits = self(images)
         loss = self.loss(logits, masks)
+        terms = dict(getattr(self.loss, "last_terms", {}))  # the full-resolution output's
         n = images.shape[0]
         train = stage == "train"
+        if train and self.deep_supervision is not None:
+            loss = self.deep_supervision.loss(loss, masks, self.loss)
         # Validation logs on_epoch only: a per-step sync_dist would deadlock DDP, whose processes
         # may validate one image more or less (see segkit.data.datamodule.val_sampler).
         self.log(
@@ -135,7 +144,7 @@ class SegmentationModule(L.LightningModule):
             sync_dist=True,
         )
         if train:
-            for name, value in getattr(self.loss, "last_terms", {}).items():
+            for name, value in terms.items():
                 self.log(
                     f"train/loss_{name}",
                     value,
