@@ -23,7 +23,7 @@ from segkit.errors import ConfigError
 # the engine's own checks all read them from here.
 MaskEncoding = Literal["index", "binary", "palette"]
 Blend = Literal["constant", "gaussian", "cosine"]
-TTA = Literal["none", "flip", "d4"]
+TTA = Literal["none", "hflip", "flip", "d4"]
 MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
 BLENDS: tuple[str, ...] = get_args(Blend)
 TTA_MODES: tuple[str, ...] = get_args(TTA)
@@ -428,7 +428,11 @@ class PredictConfig(_Section):
         0.25, ge=0, description="Tile overlap: a fraction (< 1) of the tile, or pixels (>= 1)."
     )
     blend: Blend = Field("gaussian", description="Blend window of overlapping tiles.")
-    tta: TTA = Field("none", description="Test-time augmentation.")
+    tta: TTA = Field(
+        "none",
+        description="Test-time augmentation: the mean over 2 (hflip: horizontal flip), 4 (flip: "
+        "horizontal and vertical flips) or 8 (d4: flips and quarter turns) passes.",
+    )
     batch_size: int | None = Field(
         None,
         ge=1,

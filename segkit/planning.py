@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.config import SegkitConfig, load_config
+from segkit.config import AugmentConfig, SegkitConfig, load_config
 from segkit.errors import ConfigError
 
 MAX_SAMPLED_IMAGES = 64  # enough for stable statistics; bounds the time on large datasets
@@ -234,7 +234,8 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     choose(
         "predict.tta",
         "none",
-        "TTA (flip or d4) is switched on after training where it measurably pays on validation",
+        "TTA (hflip, flip or d4, with the views the training showed) is switched on after "
+        "training where it measurably pays on validation",
     )
     if config.trainer.model_extra and config.trainer.model_extra.get("max_time"):
         choose("trainer.max_epochs", UNLIMITED_EPOCHS, "trainer.max_time ends the run")
@@ -297,20 +298,40 @@ def annotated_yaml(config: SegkitConfig, plan: Plan | None) -> str:
 
 
 TTA_GAIN = 0.001  # val mIoU a TTA mode must add (over the next cheaper one) to be worth its passes
-TTA_PASSES = {"flip": 4, "d4": 8}
+TTA_PASSES = {"hflip": 2, "flip": 4, "d4": 8}
+# The training augmentations each TTA mode's views need (any one set of them suffices): a view the
+# model never trained on only hurts it, and undoes what it learned of the masks' conventions.
+TTA_NEEDS = {
+    "hflip": (("hflip",),),
+    "flip": (("hflip", "vflip"), ("hflip", "rotate90"), ("vflip", "rotate90")),
+    "d4": (("hflip", "rotate90"), ("vflip", "rotate90")),
+}
+
+
+def tta_candidates(augment: AugmentConfig) -> list[str]:
+    """The TTA modes, cheapest first, whose views the training augmentation showed the model."""
+    trained = {name for name in ("hflip", "vflip", "rotate90") if getattr(augment, name) > 0}
+    return [
+        mode for mode in TTA_PASSES if any(trained.issuperset(needs) for needs in TTA_NEEDS[mode])
+    ]
 
 
 def measured_tta(
-    checkpoint: Path, pairs: list[tuple[Path, Path]], without: float, device: str | None
+    checkpoint: Path,
+    pairs: list[tuple[Path, Path]],
+    without: float,
+    device: str | None,
+    augment: AugmentConfig,
 ) -> Decision | None:
     """After training: the TTA mode for ``predict.tta`` that raises the validation mIoU of
     ``checkpoint`` (``without``: its mIoU without TTA) by at least ``TTA_GAIN`` over the next
-    cheaper mode (none < flip < d4), or None when neither pays."""
+    cheaper mode (none < hflip < flip < d4), or None when none pays. Only the modes whose views
+    ``augment`` trained on are tried."""
     from segkit.evaluation import evaluate_pairs
 
     best_mode, best = "none", without
     scores = {}
-    for mode in TTA_PASSES:
+    for mode in tta_candidates(augment):
         scores[mode] = evaluate_pairs(checkpoint, pairs, device=device, tta=mode).miou
         if scores[mode] >= best + TTA_GAIN:
             best_mode, best = mode, scores[mode]

@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from segkit.config import SegkitConfig, save_config
+from segkit.config import AugmentConfig, SegkitConfig, save_config
 from segkit.epoch_log import EpochLines
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
@@ -448,7 +448,9 @@ def train(
     payload: dict[str, Any] = {}  # rank 0 fills it; the broadcast hands it to the others
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
-        payload = _finish_best(best, datamodule.val_pairs, device, plan, run_dir).to_dict()
+        payload = _finish_best(
+            best, datamodule.val_pairs, device, plan, run_dir, config.augment
+        ).to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)
     if not opened_by_caller:
         _close_process_group()
@@ -466,7 +468,12 @@ def train(
 
 
 def _finish_best(
-    best: Path, pairs: list[tuple[Path, Path]], device: str, plan: Plan | None, run_dir: Path
+    best: Path,
+    pairs: list[tuple[Path, Path]],
+    device: str,
+    plan: Plan | None,
+    run_dir: Path,
+    augment: AugmentConfig,
 ) -> SegmentationMetrics:
     """The decisions made on the validation set after training, stored in ``best`` (each an
     atomic rewrite), then its metrics (``metrics.json``): the TTA mode where the plan measures
@@ -477,7 +484,7 @@ def _finish_best(
 
     if plan is not None and "predict.tta" in plan.reasons():
         without = evaluate_pairs(best, pairs, device=device, tta="none").miou
-        decision = measured_tta(best, pairs, without, device)
+        decision = measured_tta(best, pairs, without, device, augment)
         if decision is not None:
             update_hparams(best, lambda h: h["config"]["predict"].update(tta=decision.value))
             plan.decisions = [d for d in plan.decisions if d.key != decision.key] + [decision]

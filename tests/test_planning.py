@@ -191,24 +191,42 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
 
     config = load_config({"model": TINY_MODEL, "data": {"in_channels": 1}})
     path = save_bundle(tmp_path / "best.ckpt", config, build_model(config.model, 2, 1))
-    gains = {"flip": 0.0, "d4": TTA_GAIN / 2}
+    augment = config.augment  # flips and quarter turns: every mode may be tried
+    gains = {"hflip": 0.0, "flip": 0.0, "d4": TTA_GAIN / 2}
     monkeypatch.setattr(
         segkit.evaluation,
         "evaluate_pairs",
         lambda *a, tta=None, **k: SimpleNamespace(miou=0.5 + gains[tta]),
     )
-    assert measured_tta(path, [], 0.5, "cpu") is None  # neither pays
-    gains.update(flip=2 * TTA_GAIN, d4=2.5 * TTA_GAIN)
-    decision = measured_tta(path, [], 0.5, "cpu")
+    assert measured_tta(path, [], 0.5, "cpu", augment) is None  # neither pays
+    gains.update(hflip=TTA_GAIN / 2, flip=2 * TTA_GAIN, d4=2.5 * TTA_GAIN)
+    decision = measured_tta(path, [], 0.5, "cpu", augment)
     assert decision is not None and decision.value == "flip"  # d4 adds too little over flip
-    assert "0.5000 without TTA, flip 0.5020" in decision.reason
+    assert "0.5000 without TTA, hflip 0.5005, flip 0.5020" in decision.reason
     gains["d4"] = 3 * TTA_GAIN
-    assert measured_tta(path, [], 0.5, "cpu").value == "d4"
+    assert measured_tta(path, [], 0.5, "cpu", augment).value == "d4"
     update_hparams(path, lambda h: h["config"]["predict"].update(tta=decision.value))
     assert load_bundle(path).config.predict.tta == "flip"
     with pytest.raises(Exception, match="predict.tta"):
         update_hparams(path, lambda h: h["config"]["predict"].update(tta="sideways"))
     assert load_bundle(path).config.predict.tta == "flip"  # a refused change leaves the file
+
+
+@pytest.mark.parametrize(
+    "flips,modes",
+    [
+        ({}, ["hflip", "flip", "d4"]),
+        ({"vflip": 0, "rotate90": 0}, ["hflip"]),
+        ({"vflip": 0}, ["hflip", "flip", "d4"]),  # a half turn and a flip make the other flip
+        ({"hflip": 0, "rotate90": 0}, []),
+        ({"hflip": 0, "vflip": 0, "rotate90": 0}, []),
+    ],
+)
+def test_tta_tries_only_the_views_the_training_showed(flips, modes):
+    from segkit.config import AugmentConfig
+    from segkit.planning import tta_candidates
+
+    assert tta_candidates(AugmentConfig(**flips)) == modes
 
 
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():

@@ -41,9 +41,12 @@ _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tenso
 
 
 def _tta_transforms(mode: str) -> list[_Transform]:
-    """(forward, inverse) pairs on the last two axes. flip = the 4 horizontal/vertical flips, d4 = 8."""
+    """(forward, inverse) pairs on the last two axes: hflip = identity and the horizontal flip,
+    flip = the 4 horizontal/vertical flips, d4 = 8 (flips and quarter turns)."""
     if mode == "none":
         return [(lambda t: t, lambda t: t)]
+    if mode == "hflip":
+        return [(lambda t: t, lambda t: t), (lambda t: t.flip(-1), lambda t: t.flip(-1))]
     if mode == "flip":
         return [
             (lambda t, d=d: t.flip(d) if d else t, lambda t, d=d: t.flip(d) if d else t)  # type: ignore[misc]

@@ -180,7 +180,7 @@ def test_input_dtypes_and_channel_counts(predictor, gray_bundle_path):
         predictor.predict(np.zeros((8,), np.uint8))
 
 
-@pytest.mark.parametrize("tta,passes", [("flip", 4), ("d4", 8)])
+@pytest.mark.parametrize("tta,passes", [("hflip", 2), ("flip", 4), ("d4", 8)])
 def test_tta_is_a_mean_over_transformed_passes(predictor, tta, passes):
     image = shapes_image(64, 64, seed=6)
     calls = []
@@ -199,16 +199,18 @@ def test_tta_is_a_mean_over_transformed_passes(predictor, tta, passes):
     assert len(calls) == passes
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
     # the mean over passes of the flipped image is the manual mean over flipped predictions
-    manual = np.mean(
-        [
-            np.flip(
-                predictor.predict_proba(np.flip(image, axes), tile=64), tuple(a + 1 for a in axes)
-            )
-            for axes in [(), (1,), (0,), (0, 1)]
-        ],
-        axis=0,
-    )
-    if tta == "flip":
+    flips = {"hflip": [(), (1,)], "flip": [(), (1,), (0,), (0, 1)]}
+    if tta in flips:
+        manual = np.mean(
+            [
+                np.flip(
+                    predictor.predict_proba(np.flip(image, axes), tile=64),
+                    tuple(a + 1 for a in axes),
+                )
+                for axes in flips[tta]
+            ],
+            axis=0,
+        )
         np.testing.assert_allclose(probs, manual, atol=1e-5)
 
 
@@ -451,4 +453,9 @@ def test_smaller_images_pack_more_per_pass_within_a_batch_of_full_tiles(bundle_p
 
 def test_passes_per_tile_counts_the_tta_transforms(bundle_path):
     p = Predictor.from_path(bundle_path, device="cpu")
-    assert [p.with_options(tta=t).passes_per_tile() for t in ("none", "flip", "d4")] == [1, 4, 8]
+    assert [p.with_options(tta=t).passes_per_tile() for t in ("none", "hflip", "flip", "d4")] == [
+        1,
+        2,
+        4,
+        8,
+    ]

@@ -44,7 +44,9 @@ def test_the_loss_adds_each_stage_weighted_by_its_depth():
         h.remove()
     main = F.cross_entropy(logits, batch["mask"], ignore_index=255)
     expected, weights = main, 1.0
-    for depth, (head, feats) in enumerate(zip(reversed(heads), reversed(features), strict=True), start=1):
+    for depth, (head, feats) in enumerate(
+        zip(reversed(heads), reversed(features), strict=True), start=1
+    ):
         aux = head(feats)
         target = batch["mask"][:, None].float()
         target = F.interpolate(target, size=aux.shape[-2:], mode="nearest")[:, 0].long()
