@@ -93,9 +93,18 @@ def run_segkit(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "patch": planned["data"]["patch_size"],
         "batch": planned["data"]["batch_size"],
         "loss": {k: v for k, v in planned["loss"].items() if v},
+        "flips": {k: planned["augment"][k] for k in ("hflip", "vflip", "rotate90")},
+        "tta": _stored_tta(run / "best.ckpt"),
     }
     steps = _optimizer_steps(run / "last.ckpt")
     return {"train_s": train_s, "steps": steps, "recipe": recipe} | bench_train.score(preds, labels)
+
+
+def _stored_tta(checkpoint: Path) -> str:
+    """The TTA mode training measured and stored as the model's predict default."""
+    from segkit.bundle import load_bundle
+
+    return load_bundle(checkpoint).config.predict.tta
 
 
 def _optimizer_steps(checkpoint: Path) -> int:

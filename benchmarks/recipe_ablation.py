@@ -3,7 +3,8 @@
 The plan's recipe in plain PyTorch + smp + albumentations, one part switched by each flag, so each
 part is measured on and off for the same number of optimiser steps whatever the machine's load:
 trains on slices 0-24 minus the 5 that segkit's seeded split holds out for validation, scores whole
-slices 25-29 (pixel error, membrane IoU), with and without flip TTA; appends a JSON line to --out.
+slices 25-29 (pixel error, membrane IoU), with and without TTA over the flips the training used;
+appends a JSON line to --out.
 
     python benchmarks/recipe_ablation.py --steps 500 --aug affine_bc --lr 3e-3
 """
@@ -39,6 +40,14 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--norm", default="fixed")
 p.add_argument("--tta", type=int, default=0)
+p.add_argument(
+    "--symmetry",
+    choices=["all", "hflip", "none"],
+    default="all",
+    help="flips and quarter turns in training (all), the horizontal flip only, or none; the TTA "
+    "score uses the same views",
+)
+p.add_argument("--rotate", type=float, default=45, help="the affine rotation range, degrees")
 p.add_argument("--deep-supervision", type=int, default=0, help="segkit's auxiliary heads")
 p.add_argument(
     "--data",
@@ -67,12 +76,23 @@ if a.norm == "fixed":
 else:
     allpx = np.concatenate([t[0].ravel() for t in tr])
     mean, std = float(allpx.mean()), float(allpx.std())
-steps = [A.RandomCrop(a.crop, a.crop), A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()]
+SYMMETRY = {
+    "all": [A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()],
+    "hflip": [A.HorizontalFlip()],
+    "none": [],
+}
+steps = [A.RandomCrop(a.crop, a.crop), *SYMMETRY[a.symmetry]]
 if "elastic" in a.aug:
     steps.insert(0, A.ElasticTransform(alpha=30, sigma=6, p=0.5))
 if "affine" in a.aug:
     steps.insert(
-        0, A.Affine(scale=(0.85, 1.2), rotate=(-45, 45), p=0.5, border_mode=cv2.BORDER_REFLECT_101)
+        0,
+        A.Affine(
+            scale=(0.85, 1.2),
+            rotate=(-a.rotate, a.rotate),
+            p=0.5,
+            border_mode=cv2.BORDER_REFLECT_101,
+        ),
     )
 if "bc" in a.aug:
     steps.append(A.RandomBrightnessContrast(0.15, 0.15, p=0.5))
@@ -158,6 +178,9 @@ net = ema.module if ema is not None else m
 net.eval()
 
 
+TTA_FLIPS = {"all": [(-1,), (-2,), (-1, -2)], "hflip": [(-1,)], "none": []}
+
+
 def evaluate(tta):
     errs = []
     inter = union = 0
@@ -165,13 +188,8 @@ def evaluate(tta):
         for im, lb in te:
             x = torch.from_numpy((im - mean) / std)[None, None]
             pr = net(x).softmax(1)
-            if tta:
-                pr = (
-                    pr
-                    + net(x.flip(-1)).softmax(1).flip(-1)
-                    + net(x.flip(-2)).softmax(1).flip(-2)
-                    + net(x.flip(-1, -2)).softmax(1).flip(-1, -2)
-                )
+            for axes in TTA_FLIPS[a.symmetry] if tta else []:
+                pr = pr + net(x.flip(axes)).softmax(1).flip(axes)
             pred = pr.argmax(1)[0].numpy()
             errs.append((pred != lb).mean())
             pm, tm = pred == 0, lb == 0

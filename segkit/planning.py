@@ -215,6 +215,15 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
         choose("optimizer.lr", 1.0e-3, "pretrained weights: a peak rate that keeps them")
     choose("scheduler.name", "cosine", "cosine decay to zero: the last steps anneal")
     few = fp.images < 100
+    # Drawn or rasterised masks often sit a fraction of a pixel off the image content, the same
+    # way in every image: a model learns that offset unless flips and turns reverse it at random.
+    choose(
+        "augment.vflip",
+        0.0,
+        "a vertical flip reverses any fixed offset of the masks against the images, so the "
+        "model cannot learn it; set it for data without an 'up'",
+    )
+    choose("augment.rotate90", 0.0, "a quarter turn turns such an offset the same way")
     choose(
         "augment.rotate",
         45.0 if few else 15.0,

@@ -4,6 +4,7 @@ the CPU, in a fresh process as a user would start it, with its results checked."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,34 @@ def test_bench_recipe_trains_both_sides_and_scores_them_alike(tmp_path):
         assert 0 <= result[side]["pixel_error"] <= 1 and result[side]["steps"] > 0
     assert result["segkit"]["recipe"]["patch"] == 64  # the plan read the 64 px slices
     assert "pixel error ratio segkit / plain" in stdout
+
+
+@pytest.mark.parametrize("symmetry", ["hflip", "all"])
+def test_recipe_ablation_trains_the_steps_asked_and_scores_with_its_own_views(tmp_path, symmetry):
+    data = _fake_membrane(tmp_path / "membrane")
+    out = tmp_path / "ablation.jsonl"
+    _run("recipe_ablation.py", "--data", str(data), "--steps", "2", "--batch", "2",
+         "--crop", "32", "--threads", "1", "--deep-supervision", "1",
+         "--symmetry", symmetry, "--out", str(out))  # fmt: skip
+    row = json.loads(out.read_text())
+    assert row["steps"] == 2 and row["symmetry"] == symmetry and row["deep_supervision"] == 1
+    assert 0 <= row["pixel_error"] <= 1 and 0 <= row["pixel_error_tta"] <= 1
+
+
+def test_mask_offset_finds_masks_drawn_a_pixel_high(tmp_path):
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    for sub in ("image", "label"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    for i in range(3):
+        image = rng.integers(150, 200, (64, 64)).astype("uint8")
+        rows = rng.choice(range(8, 56), 6, replace=False)
+        image[rows] = 20  # dark membranes
+        label = __import__("numpy").full((64, 64), 255, "uint8")
+        label[rows - 1] = 0  # drawn one pixel high
+        Image.fromarray(image).save(tmp_path / "train" / "image" / f"{i}.png")
+        Image.fromarray(label).save(tmp_path / "train" / "label" / f"{i}.png")
+    stdout = _run("mask_offset.py", "--data", str(tmp_path), "--slices", "3")
+    down = float(re.search(r"masks moved ([+-][\d.]+) px down", stdout).group(1))
+    assert 0.7 < down < 1.3, stdout

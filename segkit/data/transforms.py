@@ -54,11 +54,13 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
     steps = []
     if aug.scale is not None:
         low, high = aug.scale
+        # INTER_NEAREST_EXACT samples the mask at the pixel centres INTER_LINEAR uses for the
+        # image; cv2's INTER_NEAREST would shift the mask by up to half a pixel against it.
         steps.append(
             A.RandomScale(
                 scale_limit=(low - 1.0, high - 1.0),
                 interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
+                mask_interpolation=cv2.INTER_NEAREST_EXACT,
                 p=1.0,
             )
         )
