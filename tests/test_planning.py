@@ -246,3 +246,8 @@ def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
     assert planned.data.val_fraction == 0.1  # 25 images: more of them for training
     assert planned.model.encoder == "resnet18" and planned.model.kwargs == {}
+    # horizontal flips only: vertical flips and quarter turns would hide the masks' offset
+    flips = (planned.augment.hflip, planned.augment.vflip, planned.augment.rotate90)
+    assert flips == (0.5, 0.0, 0.0)
+    user = load_config(config.model_dump(exclude_unset=True), overrides=["augment.vflip=0.3"])
+    assert apply_plan(user, make_plan(user, fp, CPU)).augment.vflip == 0.3
