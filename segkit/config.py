@@ -232,7 +232,9 @@ class AugmentConfig(_Section):
         0.3, ge=0, le=1, description="Probability of mild brightness/contrast jitter."
     )
     scale: tuple[float, float] | None = Field(
-        None, description="Random rescale range, e.g. [0.75, 1.25]; null disables it."
+        None,
+        description="Random zoom range, e.g. [0.75, 1.25], drawn with the rotation for half the "
+        "crops; null disables it.",
     )
     rotate: float = Field(
         0.0,

@@ -245,7 +245,8 @@ def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     assert planned.loss.dice == 1 and planned.optimizer.lr == 3e-3
     assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
     assert planned.data.val_fraction == 0.1  # 25 images: more of them for training
-    assert planned.model.encoder == "resnet18" and planned.model.kwargs == {}
+    assert planned.model.encoder == "resnet18"
+    assert planned.model.kwargs == {"decoder_channels": [128, 64, 32, 16, 16]}  # half width
     # horizontal flips only: vertical flips and quarter turns would hide the masks' offset
     flips = (planned.augment.hflip, planned.augment.vflip, planned.augment.rotate90)
     assert flips == (0.5, 0.0, 0.0)

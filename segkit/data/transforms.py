@@ -25,8 +25,8 @@ def _normalize(config: SegkitConfig) -> A.Normalize:
 def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Compose:
     """The albumentations pipeline of a stage.
 
-    ``"train"``: optional random rescale, pad to ``patch_size`` (mask ← ignore_index), random crop
-    (part of them on rare classes), optional rotation and elastic warp, flips, 90° rotations,
+    ``"train"``: pad to ``patch_size`` (mask ← ignore_index), random crop (part of them on rare
+    classes), optional zoom/rotation and elastic warp, flips, 90° rotations,
     brightness/contrast and gamma jitter, then normalise. ``"val"`` (also
     ``"test"``/``"predict"``): pad bottom/right to a multiple of ``stride`` so whole images of any
     size fit the model, and crop predictions back with ``[:h, :w]``; then normalise.
@@ -51,20 +51,7 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
         return A.Compose(steps, seed=config.run.seed)
 
     size = data.patch_size
-    steps = []
-    if aug.scale is not None:
-        low, high = aug.scale
-        # INTER_NEAREST_EXACT samples the mask at the pixel centres INTER_LINEAR uses for the
-        # image; cv2's INTER_NEAREST would shift the mask by up to half a pixel against it.
-        steps.append(
-            A.RandomScale(
-                scale_limit=(low - 1.0, high - 1.0),
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST_EXACT,
-                p=1.0,
-            )
-        )
-    steps += [
+    steps: list[A.BasicTransform] = [
         A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),
         _crop(config, size),
         *_warps(config),
@@ -107,13 +94,22 @@ def _crop(config: SegkitConfig, size: int) -> A.BasicTransform:
 
 
 def _warps(config: SegkitConfig) -> list[A.BasicTransform]:
-    """Rotation by any angle and elastic deformation of the patch (after the crop, so a rare-class
-    crop keeps its pixel and the cost does not grow with the image), borders reflected."""
+    """Zoom and rotation (one affine warp of half the patches) and elastic deformation, after the
+    crop (so a rare-class crop keeps its pixel and the cost does not grow with the image), borders
+    reflected. cv2's warps sample image and mask at the same points; its resize would not
+    (INTER_NEAREST shifts the mask by up to half a pixel against INTER_LINEAR's image)."""
     aug = config.augment
     reflect = {"border_mode": cv2.BORDER_REFLECT_101, "mask_interpolation": cv2.INTER_NEAREST}
     warps: list[A.BasicTransform] = []
-    if aug.rotate > 0:
-        warps.append(A.Affine(rotate=(-aug.rotate, aug.rotate), p=0.5, **reflect))
+    if aug.rotate > 0 or aug.scale is not None:
+        warps.append(
+            A.Affine(
+                rotate=(-aug.rotate, aug.rotate),
+                scale=aug.scale if aug.scale is not None else 1.0,
+                p=0.5,
+                **reflect,
+            )
+        )
     if aug.elastic > 0:
         warps.append(A.ElasticTransform(alpha=30, sigma=6, p=aug.elastic, **reflect))
     return warps
