@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from segkit.errors import DataError
+from segkit.errors import DataError, check_pixel_limit
 from segkit.utils import atomic_path, is_temporary_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -102,15 +102,6 @@ def _open_checks(path: Path) -> bytes:
     return head
 
 
-def _check_pixels(path: Path, height: int, width: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and height * width > max_pixels:
-        raise DataError(
-            f"{path}: image is {width}x{height} = {height * width} pixels, more than the limit of "
-            f"{max_pixels} (data.max_image_pixels, or predict's --max-pixels; a guard against "
-            "decompression bombs)"
-        )
-
-
 def _png_bit_depth(head: bytes) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG's IHDR, or None for other formats."""
     if head.startswith(_PNG_MAGIC) and len(head) >= 26:
@@ -131,7 +122,7 @@ def _pil_open(path: Path, max_pixels: int | None) -> Image.Image:
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     try:
-        _check_pixels(path, im.height, im.width, max_pixels)
+        check_pixel_limit(path, im.height, im.width, max_pixels)
     except DataError:
         im.close()
         raise
@@ -171,7 +162,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
             axes, shape = series.axes, series.shape
             if "Y" not in axes or "X" not in axes:
                 raise DataError(f"{path}: TIFF has no image plane (axes {axes})")
-            _check_pixels(path, shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
+            check_pixel_limit(path, shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
             array = series.asarray()
     except DataError:
         raise
@@ -254,7 +245,7 @@ def read_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
             raise DataError(f"{path}: TIFF has no image plane (axes {axes})")
         h, w = shape[axes.index("Y")], shape[axes.index("X")]
         channels = int(np.prod([s for s, a in zip(shape, axes, strict=True) if a not in "YX"]))
-        _check_pixels(path, h, w, max_pixels)
+        check_pixel_limit(path, h, w, max_pixels)
         return ImageHeader(h, w, channels, "tiff")
     im = _pil_open(path, max_pixels)
     with im:

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from segkit.errors import ConfigError, DataError, ModelError, SegkitError
+from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
 from segkit.inference.geo import GeoReference, read_georeference
 from segkit.inference.predictor import (
     BatchKey,
@@ -77,8 +77,7 @@ class PredictSummary:
 
 
 def _reason(e: BaseException, path: Path) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.removeprefix(f"{path}: ")
+    return first_line(e).removeprefix(f"{path}: ")
 
 
 def _record(
