@@ -290,23 +290,32 @@ def read_image(
 ) -> np.ndarray:
     """An image as ``H x W x C`` in its native dtype (uint8, uint16 or float32).
 
-    With ``in_channels``, gray is replicated to 3 channels and RGB is reduced to luminance for 1;
-    any other mismatch is a DataError. Alpha is dropped (with a one-time warning). Signed integer
+    With ``in_channels``, channels are adapted by :func:`adapt_channels`. Alpha is dropped (with a one-time warning). Signed integer
     pixels are refused here, so check-data reports them (see :func:`image_to_float`).
     """
     path = Path(path)
     array = _as_hwc(_read_native(path, max_pixels))
     check_pixel_type(path, array.dtype)
-    channels = array.shape[2]
-    if in_channels is None or channels == in_channels:
-        return np.ascontiguousarray(array)
+    if in_channels is not None:
+        array = adapt_channels(array, in_channels, str(path))
+    return np.ascontiguousarray(array)
+
+
+def adapt_channels(image: np.ndarray, in_channels: int, where: str | None = None) -> np.ndarray:
+    """``H x W x C`` -> ``H x W x in_channels``, the one rule of reading and predicting: gray is
+    repeated to 3 channels, RGB becomes its :func:`luminance` for 1; any other mismatch is a
+    DataError that starts with ``where`` (the file) when given."""
+    channels = image.shape[2]
+    if channels == in_channels:
+        return image
     if channels == 1 and in_channels == 3:
-        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+        return np.repeat(image, 3, axis=2)
     if channels == 3 and in_channels == 1:
-        return luminance(array)
+        return luminance(image)
+    prefix = f"{where}: " if where else ""
     raise DataError(
-        f"{path}: image has {channels} channels but data.in_channels is {in_channels} "
-        "(set data.in_channels to match the images)"
+        f"{prefix}image has {channels} channels but the model takes {in_channels} "
+        "(data.in_channels); convert the image, or train with data.in_channels set to match it"
     )
 
 

@@ -1,4 +1,5 @@
-"""The pixel limit is one rule with one message, whichever reader meets the image first."""
+"""Rules every reader shares, each written once: the pixel limit (one message, whichever reader
+meets the image first) and channel adaptation (reading a file and predicting an array agree)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,25 @@ def test_the_files_do_reach_the_readers_named(tmp_path):
     files = _files(tmp_path)
     assert isinstance(open_image(files["memmap"], 3), np.memmap)
     assert isinstance(open_image(files["windows"], 3), TiffWindows)
+
+
+def test_reading_and_predicting_adapt_channels_alike(tmp_path, bundle_path, gray_bundle_path):
+    from segkit.inference.predictor import Predictor
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = save_png(tmp_path / "rgb.png", rgb)
+    gray_model = Predictor.from_path(gray_bundle_path, device="cpu")
+    np.testing.assert_array_equal(  # RGB -> luminance, whether the file or the array is given
+        gray_model.predict(read_image(path, 1)), gray_model.predict(rgb)
+    )
+    bands = tmp_path / "bands.tif"
+    tifffile.imwrite(
+        bands, np.zeros((16, 16, 5), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
+    with pytest.raises(DataError) as by_file:
+        read_image(bands, 3)
+    with pytest.raises(DataError) as by_array:
+        Predictor.from_path(bundle_path, device="cpu").predict(np.zeros((16, 16, 5), np.uint8))
+    assert str(by_file.value) == f"{bands}: {by_array.value}"
+    assert str(by_array.value).startswith("image has 5 channels but the model takes 3")
