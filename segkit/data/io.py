@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from segkit.data.palette import palette_image
 from segkit.errors import DataError, check_pixel_limit
 from segkit.utils import atomic_path, is_temporary_file
 
@@ -413,11 +414,7 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
         if palette is not None:
             if array.ndim != 2 or array.size and (array.min() < 0 or array.max() > 255):
                 raise DataError(f"{path}: a palette PNG needs a 2-D array of indices 0..255")
-            im = Image.fromarray(array.astype(np.uint8), mode="P")
-            table = np.zeros((256, 3), dtype=np.uint8)
-            colors = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
-            table[: len(colors)] = colors
-            im.putpalette(table.tobytes())
+            im = palette_image(array, palette)
         elif array.dtype == np.uint16 and array.ndim == 3:
             _write_png16_color(tmp, array, path)
             return
