@@ -226,13 +226,13 @@ class SegmentationModule(L.LightningModule):
             else 0
         )
         warmup_steps = round(sched.warmup_epochs * per_epoch)
-        decay = self.lr_decay = Decay(
+        lr_decay = self.lr_decay = Decay(
             name=sched.name,
             steps=max(1, int(total) - warmup_steps) if math.isfinite(total) else None,
             power=sched.power,
             min_ratio=sched.min_lr_ratio,
         )
-        scheduler = warmup_then(optimizer, warmup_steps, decay)
+        scheduler = warmup_then(optimizer, warmup_steps, lr_decay)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
