@@ -247,8 +247,9 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
     checkpoints, which would otherwise be overwritten.
     """
     run = config.run
-    if os.environ.get(_RUN_DIR_ENV) and rank_zero_only.rank != 0:  # Lightning's rank, from
-        return Path(os.environ[_RUN_DIR_ENV])  # its launcher's, torchrun's or srun's variables
+    # Lightning's rank (from its launcher's, torchrun's or srun's variables), as the decorator reads it
+    if os.environ.get(_RUN_DIR_ENV) and getattr(rank_zero_only, "rank", 0) != 0:
+        return Path(os.environ[_RUN_DIR_ENV])
     name = run.name or (Path(config_path).stem if config_path else "run")
     base = Path(run.dir) / name
     if run.resume and run.resume != "last":
