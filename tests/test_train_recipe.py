@@ -74,6 +74,7 @@ def test_schedule_follows_the_time_budget_and_ends_at_its_floor():
     assert _lr_after(both, 10) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_stops_on_time_and_its_learning_rate_reaches_the_floor(shapes, tmp_path):
     config = _config(
         shapes,

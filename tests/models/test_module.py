@@ -62,11 +62,11 @@ def _fit(module, root, max_steps=2, val=True):
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=2 if val else 0,
+        limit_val_batches=2 if val else 0,  # a loader all the same: Lightning warns without one
         default_root_dir=root,
     )
     train = DataLoader(RandomSegmentation(4), batch_size=2)
-    trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1) if val else None)
+    trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1))
     return trainer
 
 
@@ -138,8 +138,8 @@ def test_checkpoint_is_a_bundle_loaded_with_weights_only(tmp_path):
     torch.testing.assert_close(reloaded, expected)
 
     # the validation preview: 2 rows of image | truth | prediction
-    preview = Image.open(tmp_path / "previews" / "epoch_000.png")
-    assert preview.width == 3 * 32 + 2 * 4 and preview.height == 2 * 32 + 4
+    with Image.open(tmp_path / "previews" / "epoch_000.png") as preview:
+        assert preview.width == 3 * 32 + 2 * 4 and preview.height == 2 * 32 + 4
 
 
 def test_validation_logs_dataset_level_metrics(tmp_path):
