@@ -247,7 +247,8 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
     checkpoints, which would otherwise be overwritten.
     """
     run = config.run
-    # Lightning's rank (from its launcher's, torchrun's or srun's variables), as the decorator reads it
+    # Lightning's rank (from its launcher's, torchrun's or srun's variables), read as the
+    # rank_zero_only decorator reads it
     if os.environ.get(_RUN_DIR_ENV) and getattr(rank_zero_only, "rank", 0) != 0:
         return Path(os.environ[_RUN_DIR_ENV])
     name = run.name or (Path(config_path).stem if config_path else "run")

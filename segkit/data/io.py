@@ -291,8 +291,9 @@ def read_image(
 ) -> np.ndarray:
     """An image as ``H x W x C`` in its native dtype (uint8, uint16 or float32).
 
-    With ``in_channels``, channels are adapted by :func:`adapt_channels`. Alpha is dropped (with a one-time warning). Signed integer
-    pixels are refused here, so check-data reports them (see :func:`image_to_float`).
+    With ``in_channels``, channels are adapted by :func:`adapt_channels`. Alpha is dropped (with
+    a one-time warning). Signed integer pixels are refused here, so check-data reports them (see
+    :func:`image_to_float`).
     """
     path = Path(path)
     array = _as_hwc(_read_native(path, max_pixels))
