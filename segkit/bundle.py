@@ -23,7 +23,7 @@ from segkit import __version__
 from segkit.card import BUNDLE_FORMAT as BUNDLE_FORMAT  # re-exported: its home is segkit.card
 from segkit.card import bundle_hparams
 from segkit.config import SegkitConfig, load_config
-from segkit.errors import ConfigError, ModelError
+from segkit.errors import ConfigError, ModelError, first_line
 from segkit.utils import atomic_path
 
 STATE_PREFIX = "model."
@@ -83,7 +83,7 @@ class Bundle:
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
             raise ModelError(
-                f"{self.path}: weights do not fit {self.config.model.arch}/{self.config.model.encoder}: {str(e).splitlines()[0]}"
+                f"{self.path}: weights do not fit {self.config.model.arch}/{self.config.model.encoder}: {first_line(e)}"
             ) from None
         return model.eval()
 
@@ -96,17 +96,13 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
         raise ModelError(
             f"{path}: refused: the checkpoint carries pickled objects that weights_only loading does not allow "
-            f"({first[:160]}); only load checkpoints you trust with other tools"
+            f"({first_line(e, 160)}); only load checkpoints you trust with other tools"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = (
-            str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        )  # EOFError('') on 0 bytes
         raise ModelError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {first_line(e, 160)}"
         ) from None
     if not isinstance(ckpt, dict):
         raise ModelError(

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segkit import __version__
 from segkit.config import BLENDS, MASK_ENCODINGS, TTA_MODES
 from segkit.errors import ConfigError, SegkitError
+
+if TYPE_CHECKING:
+    from segkit.training import TrainResult
 
 EXAMPLES = {
     "train": "example: segkit train configs/shapes.yaml trainer.max_epochs=5 model.encoder=resnet18",
@@ -303,17 +306,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             config, plan = plan_config(config)
         print(annotated_yaml(config, plan), end="")
         return 0
+    from lightning.pytorch.utilities import rank_zero_only
+
     from segkit.training import train
 
-    result = train(config, config_path=args.config)
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
-        return 0  # DDP: every process returns the same result; rank 0 reports it
+    # DDP: every process returns the same result; rank 0, as Lightning counts, reports it
+    rank_zero_only(_report_training)(train(config, config_path=args.config))
+    return 0
+
+
+def _report_training(result: TrainResult) -> None:
+    """The best checkpoint's metrics, where the run is and its warnings."""
     console = _console()
     console.print(result.metrics.table(title="Validation metrics of the best checkpoint"))
     console.print(f"run folder: {result.run_dir}\nbest checkpoint: {result.best_checkpoint}")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
 def _load_pair(
     image_path: Path, mask_path: Path, data: DataConfig
 ) -> tuple[np.ndarray, np.ndarray]:
+    from segkit.data.dataset import check_same_size
     from segkit.data.io import LOSSY_SUFFIXES, read_image
     from segkit.data.masks import load_mask
 
@@ -57,10 +58,7 @@ def _load_pair(
         raise DataError(
             f"{e} — JPEG is lossy and leaves values that are no class at edges: save masks as PNG"
         ) from None
-    if image.shape[:2] != mask.shape[:2]:
-        raise DataError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)"
-        )
+    check_same_size(image_path, image.shape, mask_path, mask.shape)
     return image, mask
 
 

@@ -220,13 +220,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
-def _is_spawned_rank() -> bool:
-    """True in every process of a run but the first: those Lightning's DDP launcher starts beside
-    rank 0, and the other ranks torchrun (``RANK``) or SLURM's srun (``SLURM_PROCID``) start."""
-    ranks = ["RANK", "LOCAL_RANK", "NODE_RANK"] + (["SLURM_PROCID"] if _under_srun() else [])
-    return any(os.environ.get(name, "0") != "0" for name in ranks)
-
-
 def _under_srun() -> bool:
     """SLURM started this process with srun (Lightning's own test)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -254,7 +247,9 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
     checkpoints, which would otherwise be overwritten.
     """
     run = config.run
-    if os.environ.get(_RUN_DIR_ENV) and _is_spawned_rank():
+    # Lightning's rank (from its launcher's, torchrun's or srun's variables), read as the
+    # rank_zero_only decorator reads it
+    if os.environ.get(_RUN_DIR_ENV) and getattr(rank_zero_only, "rank", 0) != 0:
         return Path(os.environ[_RUN_DIR_ENV])
     name = run.name or (Path(config_path).stem if config_path else "run")
     base = Path(run.dir) / name
@@ -395,6 +390,17 @@ def _close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+@rank_zero_only
+def _start_run_dir(config: SegkitConfig, run_dir: Path, resuming: bool) -> None:
+    """Rank 0 creates the run folder, writes config.yaml and hands the folder to the processes
+    Lightning's launcher starts next (through the environment they inherit)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        remove_stale_temporaries(run_dir)
+    save_config(config, run_dir / "config.yaml")
+    os.environ[_RUN_DIR_ENV] = str(run_dir)
+
+
 def train(
     config: SegkitConfig,
     config_path: Path | None = None,
@@ -417,9 +423,7 @@ def train(
         torch.set_float32_matmul_precision("high")
     run_dir = resolve_run_dir(config, config_path)
     ckpt_path = _resume_path(config, run_dir)
-    spawned = _is_spawned_rank()
-    if not spawned:
-        check_or_raise(config)
+    rank_zero_only(check_or_raise)(config)  # the other ranks trust rank 0's data check
     plan = None
     if config.run.plan:
         config, plan = plan_config(config)
@@ -430,12 +434,7 @@ def train(
         raise ConfigError(
             "no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train"
         )
-    if not spawned:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt_path is not None:
-            remove_stale_temporaries(run_dir)
-        save_config(config, run_dir / "config.yaml")
-        os.environ[_RUN_DIR_ENV] = str(run_dir)
+    _start_run_dir(config, run_dir, resuming=ckpt_path is not None)
     trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path, callbacks=callbacks)
     with warnings.catch_warnings():  # config.yaml is there on purpose
         warnings.filterwarnings(

@@ -13,6 +13,8 @@ from segkit.data.synthetic import make_shapes_dataset
 from segkit.training import train
 from tests.conftest import TINY_MODEL
 
+pytestmark = pytest.mark.slow  # each test trains a run (the fixture) and resumes or exports it
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -29,7 +31,12 @@ def run(tmp_path_factory):
                 "num_workers": 0,
             },
             "model": TINY_MODEL,
-            "trainer": {"accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False},
+            "trainer": {
+                "accelerator": "cpu",
+                "max_epochs": 2,
+                "enable_progress_bar": False,
+                "log_every_n_steps": 1,  # epochs of 2 batches: Lightning warns at its default 10
+            },
             "run": {"dir": str(root / "runs"), "name": "r", "plan": False},
         }
     )

@@ -159,6 +159,7 @@ def test_run_paths_stay_relative_to_the_working_directory(tmp_path):
     assert c.run.dir == Path("runs") and c.run.resume == "runs/x/last.ckpt"
 
 
+@pytest.mark.slow
 def test_a_config_with_declared_trainer_keys_does_not_import_lightning(tmp_path):
     """Opening a bundle to predict validates its config; listing Lightning's Trainer arguments
     (for keys the trainer section does not declare) imports lightning, ~0.1-0.2 GB of RSS."""

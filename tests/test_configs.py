@@ -36,6 +36,7 @@ def test_membrane_example_points_at_the_shared_dataset():
     assert config.data.train.images.parts[-3:] == ("membrane", "train", "image")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_example_config_builds_its_model_loss_and_augmentation(path):
     """What each example asks for exists: the smp model (random init here), the loss, the pipeline."""

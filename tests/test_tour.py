@@ -41,6 +41,7 @@ def test_the_tour_starts_with_writing_its_data():
     assert first[:3] == ["segkit", "demo", "--data-only"]
 
 
+@pytest.mark.slow
 def test_the_readme_tour_runs_word_for_word(tmp_path, monkeypatch, capfd):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)

@@ -16,7 +16,7 @@ from segkit.data.datamodule import SegmentationDataModule, image_weights
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.models.diagnostics import loss_gap, never_predicted
 from segkit.models.metrics import SegmentationMetrics
-from segkit.models.module import WarmupSchedule
+from segkit.models.module import Decay, warmup_then
 from segkit.planning import UNLIMITED_EPOCHS
 from segkit.training import train
 from tests.conftest import TINY_MODEL
@@ -51,18 +51,30 @@ def _config(shapes, runs: Path, **sections):
     return load_config(cfg)
 
 
+def _lr_after(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> float:
+    for _ in range(steps):
+        scheduler.optimizer.step()
+        scheduler.step()
+    return scheduler.get_last_lr()[0]
+
+
 def test_schedule_follows_the_time_budget_and_ends_at_its_floor():
-    schedule = WarmupSchedule("cosine", warmup_steps=2, total_steps=None, min_ratio=0.1)
-    assert schedule(0) == pytest.approx(1 / 3)  # warm-up counts steps
-    schedule.time_progress = 0.5
-    assert schedule(100) == pytest.approx(0.1 + 0.9 * 0.5)
-    schedule.time_progress = 1.0
-    assert schedule(101) == pytest.approx(0.1)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    decay = Decay("cosine", steps=None, min_ratio=0.1)
+    schedule = warmup_then(optimizer, 2, decay)
+    assert schedule.get_last_lr()[0] == pytest.approx(1 / 3)  # warm-up counts steps
+    assert _lr_after(schedule, 2) == pytest.approx(1.0)  # no budget spent: the full rate
+    decay.time_progress = 0.5
+    assert _lr_after(schedule, 98) == pytest.approx(0.1 + 0.9 * 0.5)
+    decay.time_progress = 1.0
+    assert _lr_after(schedule, 1) == pytest.approx(0.1)
     # with both limits, whichever ends first: here the steps
-    both = WarmupSchedule("poly", 0, total_steps=10, time_progress=0.2)
-    assert both(10) == pytest.approx(0.0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    both = warmup_then(optimizer, 0, Decay("poly", steps=10, time_progress=0.2))
+    assert _lr_after(both, 10) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_stops_on_time_and_its_learning_rate_reaches_the_floor(shapes, tmp_path):
     config = _config(
         shapes,

@@ -99,21 +99,23 @@ def test_resume_load_is_weights_only():
     assert _safe_load() == expected
 
 
-@pytest.mark.parametrize(
-    ("env", "secondary"),
-    [
-        ({}, False),
-        ({"LOCAL_RANK": "1"}, True),  # Lightning's DDP launcher, or torchrun on one node
-        ({"RANK": "8", "LOCAL_RANK": "0"}, True),  # torchrun: local rank 0 of the second node
-        ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "2"}, True),  # srun
-        ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0"}, False),
-    ],
-)
-def test_only_the_first_process_checks_data_and_writes_the_config(monkeypatch, env, secondary):
-    from segkit.training import _is_spawned_rank
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_zero_writes_the_run_folder_and_the_others_take_it(tmp_path, monkeypatch, rank):
+    """Rank-zero decisions before a Trainer exists are Lightning's (``rank_zero_only.rank``, read
+    from its launcher's, torchrun's or srun's variables): rank 0 starts the folder and hands it
+    on; the processes launched after it take that folder instead of numbering their own."""
+    from lightning.pytorch.utilities import rank_zero_only
 
-    for name in (*LAUNCHER_VARIABLES, "WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert _is_spawned_rank() is secondary
+    from segkit.training import _RUN_DIR_ENV, _start_run_dir
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.setenv(_RUN_DIR_ENV, str(tmp_path / "handed"))
+    config = load_config({"run": {"dir": str(tmp_path), "name": "big"}})
+    folder = resolve_run_dir(config)
+    assert folder == (tmp_path / "big" if rank == 0 else tmp_path / "handed")
+    _start_run_dir(config, folder, resuming=False)
+    assert (folder / "config.yaml").is_file() is (rank == 0)
+    if rank == 0:
+        import os
+
+        assert os.environ[_RUN_DIR_ENV] == str(folder)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from segkit.config import DataConfig, SegkitConfig
-from segkit.data.dataset import index_by_key, pair_key
+from segkit.data.dataset import check_same_size, index_by_key, pair_key, unpaired
 from segkit.data.io import LOSSY_SUFFIXES, list_images, read_header, read_image
 from segkit.data.masks import load_mask, mask_histogram
 from segkit.errors import ConfigError, DataError
@@ -120,12 +120,8 @@ def check_folders(images: Path, masks: Path, data: DataConfig, name: str = "data
     image_files = _scan(images, report, "images")
     mask_files = _scan(masks, report, "masks")
     report.n_images, report.n_masks = len(image_files), len(mask_files)
-    for key, path in image_files.items():
-        if mask_files and key not in mask_files:
-            report.problems.append(f"{path}: no mask named '{key}.*' in {masks}")
-    for key, path in mask_files.items():
-        if image_files and key not in image_files:
-            report.problems.append(f"{path}: no image named '{key}.*' in {images}")
+    if image_files and mask_files:  # an empty folder is reported once, above
+        report.problems.extend(unpaired(image_files, mask_files, images, masks))
 
     counts = np.zeros(data.num_classes, dtype=np.int64)
     alpha: list[Path] = []
@@ -141,11 +137,11 @@ def check_folders(images: Path, masks: Path, data: DataConfig, name: str = "data
         except DataError as e:
             report.problems.append(str(e))
             continue
-        if image_size is not None and image_size != mask.shape:
-            report.problems.append(
-                f"{image_path}: image is {image_size[1]}x{image_size[0]} but its mask {mask_path} is "
-                f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
-            )
+        if image_size is not None:
+            try:
+                check_same_size(image_path, image_size, mask_path, mask.shape)
+            except DataError as e:
+                report.problems.append(str(e))
         counts += mask_histogram(mask, data.num_classes, data.ignore_index)
         report.ignored_pixels += int((mask == data.ignore_index).sum())
 

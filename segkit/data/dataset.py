@@ -32,6 +32,33 @@ def index_by_key(files: list[Path], root: Path) -> dict[str, Path]:
     return out
 
 
+def unpaired(
+    image_files: dict[str, Path], mask_files: dict[str, Path], images: Path, masks: Path
+) -> list[str]:
+    """One problem line per image without a mask and per mask without an image (both keyed by
+    :func:`index_by_key`), images first."""
+    return [
+        f"{image}: no mask named '{key}.*' in {masks}"
+        for key, image in image_files.items()
+        if key not in mask_files
+    ] + [
+        f"{mask}: no image named '{key}.*' in {images}"
+        for key, mask in mask_files.items()
+        if key not in image_files
+    ]
+
+
+def check_same_size(
+    image_path: Path, image_hw: tuple[int, ...], mask_path: Path, mask_hw: tuple[int, ...]
+) -> None:
+    """A DataError naming both files unless the image's and the mask's ``(H, W)`` agree."""
+    if tuple(image_hw[:2]) != tuple(mask_hw[:2]):
+        raise DataError(
+            f"{image_path}: image is {image_hw[1]}x{image_hw[0]} but its mask {mask_path} "
+            f"is {mask_hw[1]}x{mask_hw[0]} (width x height)"
+        )
+
+
 def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     """``(image, mask)`` pairs matched by relative subfolder + stem, sorted by image path.
 
@@ -42,12 +69,9 @@ def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     mask_files = index_by_key(list_images(masks), masks)
     if not image_files:
         raise DataError(f"{images}: no images found (looked for png, jpg, tif, bmp files)")
-    for key, image in image_files.items():
-        if key not in mask_files:
-            raise DataError(f"{image}: no mask named '{key}.*' in {masks}")
-    for key, mask in mask_files.items():
-        if key not in image_files:
-            raise DataError(f"{mask}: no image named '{key}.*' in {images}")
+    problems = unpaired(image_files, mask_files, images, masks)
+    if problems:
+        raise DataError(problems[0])
     return sorted(((image_files[k], mask_files[k]) for k in image_files), key=lambda p: p[0])
 
 
@@ -77,11 +101,7 @@ class SegmentationDataset(Dataset):
             read_image(image_path, self.data.in_channels, self.data.max_image_pixels)
         )
         mask = load_mask(mask_path, self.data)
-        if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"{image_path}: image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} "
-                f"is {mask.shape[1]}x{mask.shape[0]} (width x height)"
-            )
+        check_same_size(image_path, image.shape, mask_path, mask.shape)
         return image, mask
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from segkit.errors import DataError
+from segkit.data.palette import palette_image
+from segkit.errors import DataError, check_pixel_limit
 from segkit.utils import atomic_path, is_temporary_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -102,15 +103,6 @@ def _open_checks(path: Path) -> bytes:
     return head
 
 
-def _check_pixels(path: Path, height: int, width: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and height * width > max_pixels:
-        raise DataError(
-            f"{path}: image is {width}x{height} = {height * width} pixels, more than the limit of "
-            f"{max_pixels} (data.max_image_pixels, or predict's --max-pixels; a guard against "
-            "decompression bombs)"
-        )
-
-
 def _png_bit_depth(head: bytes) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG's IHDR, or None for other formats."""
     if head.startswith(_PNG_MAGIC) and len(head) >= 26:
@@ -131,7 +123,7 @@ def _pil_open(path: Path, max_pixels: int | None) -> Image.Image:
         finally:
             Image.MAX_IMAGE_PIXELS = saved
     try:
-        _check_pixels(path, im.height, im.width, max_pixels)
+        check_pixel_limit(path, im.height, im.width, max_pixels)
     except DataError:
         im.close()
         raise
@@ -171,7 +163,7 @@ def _read_tiff(path: Path, max_pixels: int | None) -> np.ndarray:
             axes, shape = series.axes, series.shape
             if "Y" not in axes or "X" not in axes:
                 raise DataError(f"{path}: TIFF has no image plane (axes {axes})")
-            _check_pixels(path, shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
+            check_pixel_limit(path, shape[axes.index("Y")], shape[axes.index("X")], max_pixels)
             array = series.asarray()
     except DataError:
         raise
@@ -254,7 +246,7 @@ def read_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
             raise DataError(f"{path}: TIFF has no image plane (axes {axes})")
         h, w = shape[axes.index("Y")], shape[axes.index("X")]
         channels = int(np.prod([s for s, a in zip(shape, axes, strict=True) if a not in "YX"]))
-        _check_pixels(path, h, w, max_pixels)
+        check_pixel_limit(path, h, w, max_pixels)
         return ImageHeader(h, w, channels, "tiff")
     im = _pil_open(path, max_pixels)
     with im:
@@ -299,23 +291,33 @@ def read_image(
 ) -> np.ndarray:
     """An image as ``H x W x C`` in its native dtype (uint8, uint16 or float32).
 
-    With ``in_channels``, gray is replicated to 3 channels and RGB is reduced to luminance for 1;
-    any other mismatch is a DataError. Alpha is dropped (with a one-time warning). Signed integer
-    pixels are refused here, so check-data reports them (see :func:`image_to_float`).
+    With ``in_channels``, channels are adapted by :func:`adapt_channels`. Alpha is dropped (with
+    a one-time warning). Signed integer pixels are refused here, so check-data reports them (see
+    :func:`image_to_float`).
     """
     path = Path(path)
     array = _as_hwc(_read_native(path, max_pixels))
     check_pixel_type(path, array.dtype)
-    channels = array.shape[2]
-    if in_channels is None or channels == in_channels:
-        return np.ascontiguousarray(array)
+    if in_channels is not None:
+        array = adapt_channels(array, in_channels, str(path))
+    return np.ascontiguousarray(array)
+
+
+def adapt_channels(image: np.ndarray, in_channels: int, where: str | None = None) -> np.ndarray:
+    """``H x W x C`` -> ``H x W x in_channels``, the one rule of reading and predicting: gray is
+    repeated to 3 channels, RGB becomes its :func:`luminance` for 1; any other mismatch is a
+    DataError that starts with ``where`` (the file) when given."""
+    channels = image.shape[2]
+    if channels == in_channels:
+        return image
     if channels == 1 and in_channels == 3:
-        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+        return np.repeat(image, 3, axis=2)
     if channels == 3 and in_channels == 1:
-        return luminance(array)
+        return luminance(image)
+    prefix = f"{where}: " if where else ""
     raise DataError(
-        f"{path}: image has {channels} channels but data.in_channels is {in_channels} "
-        "(set data.in_channels to match the images)"
+        f"{prefix}image has {channels} channels but the model takes {in_channels} "
+        "(data.in_channels); convert the image, or train with data.in_channels set to match it"
     )
 
 
@@ -413,11 +415,7 @@ def write_image(path: Path, array: np.ndarray, palette: np.ndarray | None = None
         if palette is not None:
             if array.ndim != 2 or array.size and (array.min() < 0 or array.max() > 255):
                 raise DataError(f"{path}: a palette PNG needs a 2-D array of indices 0..255")
-            im = Image.fromarray(array.astype(np.uint8), mode="P")
-            table = np.zeros((256, 3), dtype=np.uint8)
-            colors = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
-            table[: len(colors)] = colors
-            im.putpalette(table.tobytes())
+            im = palette_image(array, palette)
         elif array.dtype == np.uint16 and array.ndim == 3:
             _write_png16_color(tmp, array, path)
             return

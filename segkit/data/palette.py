@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # Pascal VOC-style colour table (black background first); repeated with a shift past its end.
 _BASE = [
@@ -49,3 +54,17 @@ def class_colors(
             if name in palette:
                 colors[i] = np.asarray(palette[name], dtype=np.uint8)
     return colors
+
+
+def palette_image(indices: np.ndarray, colors: np.ndarray) -> Image.Image:
+    """A ``P``-mode PIL image of 2-D class indices (< 256) whose palette is ``colors`` (``(K, 3)``,
+    padded with black to 256 entries): saved as PNG, the pixels stay the class indices and any
+    viewer shows the colours."""
+    from PIL import Image
+
+    table = np.zeros((256, 3), dtype=np.uint8)
+    rows = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)[:256]
+    table[: len(rows)] = rows
+    im = Image.fromarray(np.asarray(indices, dtype=np.uint8))  # "L"; the palette makes it "P"
+    im.putpalette(table.tobytes())
+    return im

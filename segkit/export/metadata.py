@@ -16,15 +16,9 @@ import numpy as np
 from segkit.card import ModelInfo
 from segkit.config import DataConfig
 from segkit.data.palette import default_colors
-from segkit.errors import ModelError
+from segkit.errors import ModelError, first_line
 
 DEFAULT_STRIDE = 32
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (libraries' messages can run for pages)."""
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from segkit import __version__
-from segkit.errors import ConfigError, ModelError
-from segkit.export.metadata import first_line, onnx_model_info, read_onnx_metadata
+from segkit.errors import ConfigError, ModelError, first_line
+from segkit.export.metadata import onnx_model_info, read_onnx_metadata
 from segkit.utils import atomic_path
 
 __all__ = ["export_onnx", "onnx_model_info", "read_onnx_metadata"]

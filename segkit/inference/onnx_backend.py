@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segkit.errors import ModelError
-from segkit.export.metadata import first_line, onnx_model_info
+from segkit.errors import ModelError, first_line
+from segkit.export.metadata import onnx_model_info
 from segkit.inference.backend import ModelInfo
 
 _INT_TYPES = (

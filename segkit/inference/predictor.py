@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from segkit.config import TTA_MODES
-from segkit.data.io import image_to_float, luminance
+from segkit.data.io import adapt_channels, image_to_float
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
@@ -69,24 +69,6 @@ def _tta_transforms(mode: str) -> list[_Transform]:
             )
         return out
     raise ConfigError(f"unknown tta '{mode}' (allowed: {', '.join(TTA_MODES)})")
-
-
-def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
-    """``H x W x C`` -> ``H x W x in_channels``: gray is repeated, alpha dropped, RGB made gray."""
-    c = image.shape[2]
-    if c == in_channels:
-        return image
-    if in_channels == 1 and c in (3, 4):
-        return luminance(image)
-    if in_channels == 1 and c == 2:  # gray + alpha
-        return image[..., :1]
-    if in_channels == 3 and c in (1, 2):
-        return np.repeat(image[..., :1], 3, axis=2)
-    if in_channels == 3 and c == 4:  # RGBA
-        return image[..., :3]
-    raise DataError(
-        f"the image has {c} channels but the model takes {in_channels}; convert it first"
-    )
 
 
 def _check_image(image: Any) -> Image:
@@ -254,6 +236,8 @@ class Predictor:
     def _prepare(self, pixels: np.ndarray) -> np.ndarray:
         """Raw ``h x w x C`` pixels with the model's channel count: uint8 stays uint8 (4x less to
         copy to a GPU), anything else becomes float32 in [0, 1]. Channels-first happens on the device."""
+        if pixels.shape[2] in (2, 4) and pixels.shape[2] != self.info.in_channels:
+            pixels = pixels[..., :-1]  # an array's gray + alpha or RGBA: transparency is no input
         x = adapt_channels(pixels, self.info.in_channels)
         if x.dtype != np.uint8:
             x = image_to_float(x)

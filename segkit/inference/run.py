@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from segkit.errors import ConfigError, DataError, ModelError, SegkitError
+from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
 from segkit.inference.geo import GeoReference, read_georeference
 from segkit.inference.predictor import (
     BatchKey,
@@ -77,8 +77,7 @@ class PredictSummary:
 
 
 def _reason(e: BaseException, path: Path) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.removeprefix(f"{path}: ")
+    return first_line(e).removeprefix(f"{path}: ")
 
 
 def _record(
@@ -119,52 +118,45 @@ class _Job:
 
 
 class _Progress:
-    """Images and tiles progress bars on stderr (rich); a no-op when disabled."""
+    """rich's progress bars of images and tiles on stderr; rich draws nothing when disabled."""
 
     def __init__(self, enabled: bool, images: int) -> None:
-        self._bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._images = self._bar.add_task("images", total=images)
-            self._tiles = self._bar.add_task("tiles", total=0)
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not enabled,
+        )
+        self._images = self._bar.add_task("images", total=images)
+        self._tiles = self._bar.add_task("tiles", total=0)
 
     def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
+        self._bar.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        self._bar.stop()
 
     def image(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._images)
+        self._bar.advance(self._images)
 
     def plan_tiles(self, n: int) -> None:
-        if self._bar is not None:
-            task = self._bar.tasks[self._tiles]
-            self._bar.update(self._tiles, total=(task.total or 0) + n)
+        self._bar.update(self._tiles, total=(self._bar.tasks[self._tiles].total or 0) + n)
 
     def tiles(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._tiles, n)
+        self._bar.advance(self._tiles, n)
 
 
 _Write = tuple[int, InputImage, Future[dict[str, Path]], dict[str, Any]]

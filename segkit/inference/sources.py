@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.io import IMAGE_SUFFIXES, check_pixel_type, list_images, read_image
-from segkit.errors import DataError
+from segkit.errors import DataError, check_pixel_limit
 from segkit.inference.tiff_windows import TiffWindows
 from segkit.utils import is_temporary_file
 
@@ -95,10 +95,7 @@ def _tiff_memmap(path: Path, max_pixels: int | None) -> np.ndarray | None:
         return None
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
         return None
-    if max_pixels is not None and array.shape[0] * array.shape[1] > max_pixels:
-        raise DataError(
-            f"{path}: {array.shape[0]}x{array.shape[1]} pixels exceeds the limit of {max_pixels} (data.max_image_pixels)"
-        )
+    check_pixel_limit(path, array.shape[0], array.shape[1], max_pixels)
     return array
 
 

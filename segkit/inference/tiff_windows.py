@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from segkit.errors import DataError
+from segkit.errors import DataError, check_pixel_limit, first_line
 
 MAX_SEGMENT_ROWS = 1024
 """Taller strips are decoded whole instead: every window would decode most of the image again."""
@@ -77,11 +77,11 @@ class TiffWindows:
             return None
         reader = cls(path, tif)
         h, w, _ = reader.shape
-        if max_pixels is not None and h * w > max_pixels:
+        try:
+            check_pixel_limit(path, h, w, max_pixels)
+        except DataError:
             reader.close()
-            raise DataError(
-                f"{path}: {h}x{w} pixels exceeds the limit of {max_pixels} (data.max_image_pixels)"
-            )
+            raise
         return reader
 
     def close(self) -> None:
@@ -142,9 +142,8 @@ class TiffWindows:
                 segment, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
                 decoded[index] = None if segment is None else segment.reshape(segment.shape[-3:])
         except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(
-                f"{self.path}: cannot read rows {y0}-{y1} of the TIFF ({reason})"
+                f"{self.path}: cannot read rows {y0}-{y1} of the TIFF ({first_line(e)})"
             ) from None
         return decoded
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from segkit.data.io import image_to_float
+from segkit.data.palette import palette_image
 from segkit.errors import DataError
 from segkit.inference.backend import ModelInfo
 from segkit.inference.geo import GeoReference, georeference, label_nodata, nodata_mask
@@ -359,13 +360,7 @@ def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:
 
         tifffile.imwrite(tmp, labels, compression="zlib", bigtiff=labels.nbytes > 2**31)
         return
-    from PIL import Image
-
-    im = Image.fromarray(labels)
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(colors)] = colors[:256]
-    im.putpalette(table.tobytes())
-    im.save(tmp, format="PNG")
+    palette_image(labels, colors).save(tmp, format="PNG")
 
 
 def _write_rgb(tmp: Path, height: int, width: int, rows: Callable[[slice], np.ndarray]) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from segkit.config import ModelConfig, is_weights_file
-from segkit.errors import ModelError
+from segkit.errors import ModelError, first_line
 
 # Keys a classification checkpoint has but an encoder does not need.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head_drop.", "global_pool.")
@@ -61,7 +61,7 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
     except (OSError, RuntimeError, ValueError) as e:
         if named is None:
             raise ModelError(
-                f"model: cannot build {model.arch}/{model.encoder}: {str(e).splitlines()[0]}"
+                f"model: cannot build {model.arch}/{model.encoder}: {first_line(e)}"
             ) from None
         if unreachable is not None:
             raise ModelError(
@@ -71,7 +71,7 @@ def build_model(model: ModelConfig, num_classes: int, in_channels: int) -> nn.Mo
             ) from None
         raise ModelError(
             f"model.encoder_weights: could not get '{weights}' weights for {model.encoder} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); offline? download them once, "
+            f"({type(e).__name__}: {first_line(e, 200)}); offline? download them once, "
             "or set model.encoder_weights to a local .pth/.safetensors file, or to null for random init"
         ) from None
     if local is not None:
@@ -132,7 +132,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file becomes one clear line
         raise ModelError(
-            f"{path}: cannot read encoder weights ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]})"
+            f"{path}: cannot read encoder weights ({type(e).__name__}: {first_line(e, 160)})"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):  # common wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):

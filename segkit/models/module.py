@@ -30,32 +30,29 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 
 
 @dataclass
-class WarmupSchedule:
-    """Learning-rate factor per optimiser step: linear warm-up, then cosine / poly decay or constant.
+class Decay:
+    """Learning-rate factor of the decay after warm-up (a ``LambdaLR`` lambda): cosine / poly down
+    to ``min_ratio``, or constant.
 
-    The decay runs over ``total_steps`` or, when the run has a time budget (``trainer.max_time``),
-    over the budget (``time_progress``, the share spent, set before every step), whichever ends
-    first: the last minutes of a budgeted run anneal whatever the speed of the machine.
+    The decay runs over ``steps`` or, when the run has a time budget (``trainer.max_time``), over
+    the budget (``time_progress``, the share spent, set before every step), whichever ends first:
+    the last minutes of a budgeted run anneal whatever the speed of the machine.
     A plain dataclass (not a lambda) so ``LambdaLR.state_dict`` stores its fields and a resumed
     run continues the same curve.
     """
 
     name: str
-    warmup_steps: int
-    total_steps: int | None
+    steps: int | None
     power: float = 0.9
     min_ratio: float = 0.0
     time_progress: float | None = None
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        if self.name == "constant" or not (self.total_steps or self.time_progress is not None):
+        if self.name == "constant" or not (self.steps or self.time_progress is not None):
             return 1.0
         progress = self.time_progress or 0.0  # whichever limit, steps or time, comes first
-        if self.total_steps:
-            steps = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-            progress = max(progress, steps)
+        if self.steps:
+            progress = max(progress, step / max(1, self.steps))
         progress = min(1.0, progress)
         decay = (
             0.5 * (1.0 + math.cos(math.pi * progress))
@@ -63,6 +60,22 @@ class WarmupSchedule:
             else (1.0 - progress) ** self.power
         )
         return self.min_ratio + (1.0 - self.min_ratio) * decay
+
+
+def warmup_then(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, decay: Decay
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers: ``LinearLR`` from ``1 / (warmup_steps + 1)`` up to the full rate over
+    ``warmup_steps`` steps, then ``LambdaLR(decay)`` (its step counts from the warm-up's end)."""
+    after = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    if warmup_steps <= 0:
+        return after
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / (warmup_steps + 1), total_iters=warmup_steps
+    )
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [warmup, after], milestones=[warmup_steps]
+    )
 
 
 class SegmentationModule(L.LightningModule):
@@ -87,7 +100,7 @@ class SegmentationModule(L.LightningModule):
         self.configure_losses()
         self.configure_metrics()
         self.last_val_metrics: SegmentationMetrics | None = None
-        self.lr_schedule: WarmupSchedule | None = None
+        self.lr_decay: Decay | None = None
         self._budget: Timer | None = None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -162,10 +175,10 @@ class SegmentationModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Tell the schedule how much of the time budget is spent (the decay follows it)."""
-        if self._budget is not None and self.lr_schedule is not None:
+        if self._budget is not None and self.lr_decay is not None:
             elapsed, remaining = self._budget.time_elapsed(), self._budget.time_remaining()
             assert remaining is not None
-            self.lr_schedule.time_progress = elapsed / max(elapsed + remaining, 1e-9)
+            self.lr_decay.time_progress = elapsed / max(elapsed + remaining, 1e-9)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch, "train")
@@ -203,7 +216,7 @@ class SegmentationModule(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Optimiser from ``config.optimizer`` (no weight decay on norms and biases) and a
         per-step schedule from ``config.scheduler`` sized by ``trainer.estimated_stepping_batches``
-        (or by the time budget, see :class:`WarmupSchedule`)."""
+        (or by the time budget, see :class:`Decay`)."""
         opt = self.config.optimizer
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
@@ -221,14 +234,14 @@ class SegmentationModule(L.LightningModule):
             if math.isfinite(batches)
             else 0
         )
-        schedule = self.lr_schedule = WarmupSchedule(
+        warmup_steps = round(sched.warmup_epochs * per_epoch)
+        lr_decay = self.lr_decay = Decay(
             name=sched.name,
-            warmup_steps=round(sched.warmup_epochs * per_epoch),
-            total_steps=int(total) if math.isfinite(total) else None,
+            steps=max(1, int(total) - warmup_steps) if math.isfinite(total) else None,
             power=sched.power,
             min_ratio=sched.min_lr_ratio,
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_then(optimizer, warmup_steps, lr_decay)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

@@ -132,3 +132,29 @@ def test_check_config_data_and_or_raise(pair_folders: tuple[Path, Path]) -> None
     assert f"{images / 'extra_00.png'}: no mask named" in message
     assert message.endswith("... and 5 more")
     assert len(message.splitlines()) == 22
+
+
+def test_check_data_and_training_refuse_a_pair_in_the_same_words(
+    pair_folders: tuple[Path, Path],
+) -> None:
+    """Pairing and size rules are one each: check-data's problem line is the DataError that
+    training (find_pairs, the Dataset) and evaluate raise for the same file."""
+    from segkit.data.dataset import SegmentationDataset, find_pairs
+    from segkit.evaluation import _load_pair
+
+    images, masks = pair_folders
+    data = make_data_config()
+    save_png(masks / "img_1.png", np.zeros((30, 48), dtype=np.uint8))  # size mismatch
+    (size_problem,) = check_folders(images, masks, data).problems
+    pairs = find_pairs(images, masks)
+    with pytest.raises(DataError) as by_dataset:
+        SegmentationDataset(pairs, data)[[p[0].name for p in pairs].index("img_1.png")]
+    with pytest.raises(DataError) as by_evaluate:
+        _load_pair(images / "img_1.png", masks / "img_1.png", data)
+    assert str(by_dataset.value) == str(by_evaluate.value) == size_problem
+
+    (masks / "img_0.png").unlink()
+    pairing = [p for p in check_folders(images, masks, data).problems if "no mask" in p]
+    with pytest.raises(DataError) as by_pairing:
+        find_pairs(images, masks)
+    assert pairing == [str(by_pairing.value)]

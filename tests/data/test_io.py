@@ -150,7 +150,8 @@ def test_channel_mismatch_is_named(tmp_path: Path, rng: np.random.Generator) -> 
         planarconfig="contig",
     )
     with pytest.raises(
-        DataError, match=r"bands\.tif: image has 5 channels but data.in_channels is 3"
+        DataError,
+        match=r"bands\.tif: image has 5 channels but the model takes 3 \(data.in_channels\)",
     ):
         read_image(path, in_channels=3)
 

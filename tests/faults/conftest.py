@@ -130,8 +130,8 @@ def child_env() -> dict[str, str]:
 
 def start(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     """Start ``cmd`` with stdout+stderr going to ``log`` (a pipe nobody reads could block it)."""
-    out = open(log, "wb")  # noqa: SIM115 - closed by the child's exit; the test reads it afterwards
-    return subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child writes through its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def kill_when(

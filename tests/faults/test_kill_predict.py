@@ -93,6 +93,7 @@ def _resume_and_compare(
     assert len(statuses) == N and set(statuses) <= {"ok", "skipped"}
 
 
+@pytest.mark.slow
 def test_killed_mid_run_then_skip_existing(bundle, source, reference, tmp_path, capsys):
     out = tmp_path / "out"
     proc = start(
@@ -110,6 +111,7 @@ def test_killed_mid_run_then_skip_existing(bundle, source, reference, tmp_path, 
     _resume_and_compare(bundle, source, out, reference, capsys)
 
 
+@pytest.mark.slow
 def test_killed_mid_file_write_then_skip_existing(bundle, source, reference, tmp_path, capsys):
     out, marker = tmp_path / "out", tmp_path / "stalled"
     cmd = python_cmd(

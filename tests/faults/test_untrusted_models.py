@@ -81,6 +81,7 @@ def test_resuming_from_a_checkpoint_with_pickled_code_is_refused(evil, shapes, t
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_one_line_in_a_real_process(bundle, image_dir, tmp_path):
     cut = tmp_path / "cut.ckpt"
     data = bundle.read_bytes()
@@ -145,6 +146,7 @@ def _tiny_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_truncated_onnx_is_one_line_in_a_real_process(tmp_path, image_dir):
     good = _tiny_onnx(tmp_path / "good.onnx")
     # the intact file works (with the facts an ONNX file without segkit metadata needs)

@@ -69,6 +69,7 @@ def test_nodata_pixels_are_nodata_in_the_outputs(bundle_path, tmp_path):
     assert np.isnan(entropy[:20, :30]).all() and not np.isnan(entropy[20:]).any()
 
 
+@pytest.mark.slow
 def test_large_outputs_are_cloud_optimized(bundle_path, tmp_path, monkeypatch):
     monkeypatch.setattr(geo, "COG_MIN_PIXELS", 64 * 64)
     src = tmp_path / "in"

@@ -84,6 +84,7 @@ def test_one_tile_covering_the_image_equals_the_whole_image(predictor):
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_iter_blocks_yields_blocks_the_caller_may_keep(predictor, monkeypatch, as_tensor):
     """Kept blocks stay intact (the tiler reuses its buffer; the public iterator copies out of it),
@@ -214,6 +215,7 @@ def test_tta_is_a_mean_over_transformed_passes(predictor, tta, passes):
         np.testing.assert_allclose(probs, manual, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tta_commutes_with_tiling(trained):
     image, _ = colour_scene(160, 96, seed=7)
     whole = trained.predict_proba(image, tile=512, tta="d4")

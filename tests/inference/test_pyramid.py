@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -25,6 +26,7 @@ class ThresholdBackend:
         return torch.cat([1 - p, p], dim=1)
 
 
+@pytest.mark.slow
 def test_8192_prediction_is_a_pyramid_of_at_least_three_levels(tmp_path):
     side = 8192
     src = tmp_path / "in"

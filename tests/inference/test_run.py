@@ -44,7 +44,8 @@ def test_folder_with_a_corrupt_file(bundle_path, folder, tmp_path):
     for rel in ["a.png", "a_color.png", "sub/b.png", "sub/b_color.png", "c.png", "c_color.png"]:
         assert (out / rel).is_file(), rel
     assert not (out / "broken.png").exists()
-    assert Image.open(out / "sub" / "b.png").size == (33, 40)  # the input's size, layout kept
+    with Image.open(out / "sub" / "b.png") as im:
+        assert im.size == (33, 40)  # the input's size, layout kept
     records = {r["input"]: r for r in read_manifest(out)}
     assert len(records) == 4
     bad = records[str(folder / "broken.png")]
@@ -81,6 +82,7 @@ def test_skip_existing_finishes_a_partial_run(bundle_path, folder, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_write_every_output_once(bundle_path, folder, tmp_path):
     (folder / "broken.png").unlink()
     for i in range(3):
@@ -130,6 +132,7 @@ def test_uncompressed_tiff_is_memory_mapped_not_copied(bundle_path, tmp_path):
     np.testing.assert_array_equal(p.predict(mapped), p.predict(image))
 
 
+@pytest.mark.slow
 def test_cli_predict_exit_codes(bundle_path, folder, tmp_path, capsys):
     code = main(
         [
@@ -185,6 +188,7 @@ def test_onnx_model_gives_the_same_masks(bundle_path, folder, tmp_path):
     assert summary.ok == 1
 
 
+@pytest.mark.slow
 def test_small_images_of_a_folder_share_forward_passes(bundle_path, tmp_path):
     """Consecutive images that fit one tile of the same shape are predicted batch_size at a time;
     another shape, a multi-tile image or a broken file in between only ends a batch. The masks
@@ -224,6 +228,7 @@ def test_small_images_of_a_folder_share_forward_passes(bundle_path, tmp_path):
     assert manifest[str(src / "0.png")]["tiles"] == 1 and manifest[str(src / "6.png")]["tiles"] == 6
 
 
+@pytest.mark.slow
 def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
     bundle_path, tmp_path, monkeypatch
 ):

@@ -96,7 +96,7 @@ def test_layouts_that_are_decoded_whole(tmp_path):
 
 def test_pixel_limit_applies_before_reading(tiled_rgb):
     path, _ = tiled_rgb
-    with pytest.raises(DataError, match="exceeds the limit of 100"):
+    with pytest.raises(DataError, match="more than the limit of 100 "):
         open_image(path, 3, max_pixels=100)
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segkit.bundle import load_bundle
 from segkit.config import load_config
-from segkit.models.module import SegmentationModule, WarmupSchedule
+from segkit.models.module import Decay, SegmentationModule, warmup_then
 from tests.conftest import TINY_MODEL
 
 IGNORE = 255
@@ -62,11 +62,11 @@ def _fit(module, root, max_steps=2, val=True):
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=2 if val else 0,
+        limit_val_batches=2 if val else 0,  # a loader all the same: Lightning warns without one
         default_root_dir=root,
     )
     train = DataLoader(RandomSegmentation(4), batch_size=2)
-    trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1) if val else None)
+    trainer.fit(module, train, DataLoader(RandomSegmentation(2), batch_size=1))
     return trainer
 
 
@@ -138,8 +138,8 @@ def test_checkpoint_is_a_bundle_loaded_with_weights_only(tmp_path):
     torch.testing.assert_close(reloaded, expected)
 
     # the validation preview: 2 rows of image | truth | prediction
-    preview = Image.open(tmp_path / "previews" / "epoch_000.png")
-    assert preview.width == 3 * 32 + 2 * 4 and preview.height == 2 * 32 + 4
+    with Image.open(tmp_path / "previews" / "epoch_000.png") as preview:
+        assert preview.width == 3 * 32 + 2 * 4 and preview.height == 2 * 32 + 4
 
 
 def test_validation_logs_dataset_level_metrics(tmp_path):
@@ -170,8 +170,14 @@ def test_pretrained_false_skips_encoder_weights(tmp_path):
 
 @pytest.mark.parametrize("name", ["cosine", "poly", "constant"])
 def test_schedule_warms_up_then_decays(name):
-    s = WarmupSchedule(name=name, warmup_steps=4, total_steps=20, power=0.9, min_ratio=0.1)
-    factors = np.array([s(i) for i in range(21)])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    s = warmup_then(optimizer, 4, Decay(name=name, steps=16, power=0.9, min_ratio=0.1))
+    factors = []
+    for _ in range(21):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        s.step()
+    factors = np.array(factors)
     assert np.all(np.diff(factors[:5]) > 0) and factors[0] < 0.5  # linear warm-up
     assert factors[4] == pytest.approx(1.0)
     if name == "constant":
@@ -197,3 +203,28 @@ def test_optimizer_and_scheduler_follow_the_config(tmp_path):
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
     assert opt.param_groups[1]["weight_decay"] == 0.0  # norms and biases are not decayed
+
+
+def test_a_resumed_schedule_continues_the_same_curve(tmp_path):
+    """The scheduler state (warm-up, decay and its time progress) survives a weights-only
+    checkpoint round trip, as ``run.resume`` needs."""
+
+    def schedule(progress=None):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        decay = Decay("cosine", steps=10, min_ratio=0.1, time_progress=progress)
+        return optimizer, warmup_then(optimizer, 3, decay)
+
+    optimizer, first = schedule(0.6)
+    for _ in range(5):
+        optimizer.step()
+        first.step()
+    torch.save(first.state_dict(), tmp_path / "s.pt")
+    optimizer, resumed = schedule()
+    resumed.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    for a, b in ((first, resumed),) * 4:
+        a.optimizer.step()
+        a.step()
+        b.optimizer.step()
+        b.step()
+        assert b.get_last_lr() == pytest.approx(a.get_last_lr())
+    assert resumed._schedulers[1].lr_lambdas[0].time_progress == 0.6
