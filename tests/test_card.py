@@ -128,3 +128,18 @@ def test_an_older_checkpoint_without_its_config_is_refused_in_one_line(bundle, t
 def test_the_card_json_round_trips(bundle):
     card = load_bundle(bundle).card
     assert ModelCard.model_validate_json(card.model_dump_json()) == card
+
+
+def test_a_module_recreated_from_a_checkpoint_keeps_its_card(bundle, tmp_path):
+    """``load_from_checkpoint`` passes the stored hyper-parameters back: the module takes the
+    stored card (decisions after training included) and reads no pretrained weights."""
+    from segkit.models.module import SegmentationModule
+
+    path = tmp_path / "m.ckpt"
+    path.write_bytes(bundle.read_bytes())
+    set_temperature(path, 1.4)
+    module = SegmentationModule(**_raw(path)["hyper_parameters"])
+    assert module.card == load_bundle(path).card and module.card.temperature == 1.4
+    assert module.hparams["model_card"] == module.card.to_dict() and not module._pretrained
+    legacy = SegmentationModule(**_raw(_legacy(bundle, tmp_path))["hyper_parameters"])
+    assert legacy.card.classes == CLASSES and not legacy._pretrained

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from segkit.card import CARD_KEY, ModelCard
+from segkit.card import CARD_KEY, ModelCard, is_legacy, validate_card
 from segkit.config import SegkitConfig, load_config
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
@@ -80,14 +80,18 @@ class SegmentationModule(L.LightningModule):
         **stored: Any,
     ) -> None:
         super().__init__()
-        if config is None and isinstance(stored.get(CARD_KEY), dict):
-            config = stored[CARD_KEY].get("config")
+        restored: ModelCard | None = None  # re-created from a checkpoint: its card, with what
+        if config is None and isinstance(stored.get(CARD_KEY), dict):  # was decided after training
+            restored = validate_card(stored[CARD_KEY])
+            config = restored.config
         self.config = load_config(config)
         # Weights that a checkpoint will overwrite (re-created from one, or resuming) are not
         # downloaded or read: ``pretrained=None`` means "unless re-created from a checkpoint".
-        self._pretrained = CARD_KEY not in stored if pretrained is None else pretrained
+        self._pretrained = (
+            not (CARD_KEY in stored or is_legacy(stored)) if pretrained is None else pretrained
+        )
         self.configure_models()
-        self.card = ModelCard.from_config(self.config, model_stride(self.model))
+        self.card = restored or ModelCard.from_config(self.config, model_stride(self.model))
         self.save_hyperparameters({CARD_KEY: self.card.to_dict()})
         self.configure_losses()
         self.configure_metrics()
