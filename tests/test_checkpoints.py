@@ -55,7 +55,7 @@ def test_best_is_a_complete_bundle_for_predict(run, tmp_path):
     result, data = run
     bundle = load_bundle(result.best_checkpoint)
     model = bundle.build_model()
-    assert bundle.classes == data["classes"] and model is not None
+    assert bundle.card.classes == data["classes"] and model is not None
     out = tmp_path / "out"
     assert (
         main(["predict", str(result.best_checkpoint), str(data["val_images"]), "-o", str(out)]) == 0
