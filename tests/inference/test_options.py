@@ -109,3 +109,13 @@ def test_the_cli_reports_a_bad_option_in_one_line(tmp_path, capsys):
     assert main([*argv, "--devices", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --devices 0: Input should be greater than or equal to 1\n"
+
+
+def test_every_uncertainty_map_can_be_saved():
+    """``OutputKind`` names the maps by hand (a Literal); the maps themselves live in uncertainty."""
+    from typing import get_args
+
+    from segkit.inference.options import OutputKind
+    from segkit.inference.uncertainty import UNCERTAINTY_MAPS
+
+    assert set(UNCERTAINTY_MAPS) <= set(get_args(OutputKind))
