@@ -85,8 +85,8 @@ def loop_child(args: argparse.Namespace) -> dict:
 
     backend = Predictor.from_path(args.model, device=args.device).backend
     device = torch.device(getattr(backend, "device", "cpu"))
-    mean = torch.tensor(backend.info.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(backend.info.std, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(backend.card.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(backend.card.std, device=device).view(1, -1, 1, 1)
     args.output.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path) -> None:

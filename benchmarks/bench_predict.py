@@ -116,7 +116,7 @@ class FixedProbs:
     def __init__(self, backend) -> None:
         import torch
 
-        self.info, self.device = backend.info, backend.device
+        self.card, self.device = backend.card, backend.device
         logits = torch.randn(1, K, TILE, TILE, generator=torch.Generator().manual_seed(0))
         self.probs = torch.softmax(logits, 1).to(self.device)
 
@@ -141,8 +141,8 @@ def _monai(
 
     from segkit.inference.tiling import blend_window
 
-    mean = torch.tensor(predictor.info.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(predictor.info.std, device=device).view(1, -1, 1, 1)
+    mean = torch.tensor(predictor.card.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(predictor.card.std, device=device).view(1, -1, 1, 1)
     weights = torch.from_numpy(blend_window(TILE, TILE, "gaussian")).to(device)
     with torch.inference_mode():
         x = (

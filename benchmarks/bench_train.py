@@ -346,7 +346,7 @@ def run_segkit(args: argparse.Namespace) -> dict[str, Any]:
         model = bundle.build_model()
         eval_images, eval_labels = load_slices(args.data, EVAL_SLICES)
         scores = score(
-            predict_masks(model, eval_images, bundle.mean[0], bundle.std[0]), eval_labels
+            predict_masks(model, eval_images, bundle.card.mean[0], bundle.card.std[0]), eval_labels
         )
     return meter.meter.result() | {"fit_s": fit_s} | scores
 

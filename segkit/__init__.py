@@ -7,6 +7,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "ModelCard",
+    "PredictOptions",
     "Predictor",
     "SegkitConfig",
     "evaluate",
@@ -17,6 +19,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ModelCard": "segkit.card",
+    "PredictOptions": "segkit.inference.options",
     "Predictor": "segkit.inference.predictor",
     "SegkitConfig": "segkit.config",
     "load_config": "segkit.config",

@@ -1,9 +1,11 @@
 """The self-describing model bundle: a Lightning checkpoint that predict/evaluate/export need alone.
 
-``hyper_parameters`` holds only plain data (the resolved config, class names, colours,
-normalisation, stride, the segkit version), so ``torch.load(path, weights_only=True)`` opens it
-and no pickled code ever runs. The model weights are under ``state_dict`` with a ``model.`` prefix,
-exactly as the LightningModule stores them.
+``hyper_parameters`` holds one entry, ``model_card``: the :class:`~segkit.card.ModelCard` as plain
+data (the training config, classes, colours, normalisation, stride, inference defaults, the
+segkit version), so ``torch.load(path, weights_only=True)`` opens it and no pickled code ever
+runs. The model weights are under ``state_dict`` with a ``model.`` prefix, exactly as the
+LightningModule stores them. Checkpoints of older segkits (their facts as separate
+hyper-parameters) are read through :func:`segkit.card.card_from_legacy`.
 """
 
 from __future__ import annotations
@@ -15,60 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from segkit import __version__
 from segkit.card import BUNDLE_FORMAT as BUNDLE_FORMAT  # re-exported: its home is segkit.card
-from segkit.card import bundle_hparams
+from segkit.card import CARD_KEY, ModelCard, card_from_legacy, is_legacy, validate_card
 from segkit.config import SegkitConfig, load_config
 from segkit.errors import ConfigError, ModelError, first_line
 from segkit.utils import atomic_path
 
 STATE_PREFIX = "model."
-TEMPERATURE = "temperature"
-"""The hyper-parameter holding the fitted temperature (absent: 1.0, none fitted)."""
 
 
 @dataclass
 class Bundle:
-    """A loaded checkpoint: the config, the facts for inference, and the model weights."""
+    """A loaded checkpoint: its card, the validated training config, and the model weights."""
 
     path: Path
+    card: ModelCard
     config: SegkitConfig
-    hparams: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.hparams["classes"])
-
-    @property
-    def colors(self) -> np.ndarray:
-        """``(K, 3)`` uint8 class colours."""
-        return np.asarray(self.hparams["colors"], dtype=np.uint8)
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.hparams["in_channels"])
-
-    @property
-    def mean(self) -> list[float]:
-        return [float(v) for v in self.hparams["mean"]]
-
-    @property
-    def std(self) -> list[float]:
-        return [float(v) for v in self.hparams["std"]]
-
-    @property
-    def stride(self) -> int:
-        return int(self.hparams.get("stride", 32))
-
-    @property
-    def temperature(self) -> float:
-        """The fitted temperature scaling of the logits (1.0 when none was fitted)."""
-        return float(self.hparams.get(TEMPERATURE, 1.0))
 
     def build_model(self) -> nn.Module:
         """The smp model with the bundle's weights, in eval mode, on CPU."""
@@ -76,8 +45,8 @@ class Bundle:
 
         model = build_model(
             self.config.model.model_copy(update={"encoder_weights": None}),
-            self.config.data.num_classes,
-            self.in_channels,
+            self.card.num_classes,
+            self.card.in_channels,
         )
         try:
             model.load_state_dict(self.state_dict)
@@ -111,17 +80,29 @@ def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def read_card(hparams: Any, path: Path) -> ModelCard:
+    """The card in a checkpoint's ``hyper_parameters`` (an older segkit's separate facts are
+    converted); a ModelError naming ``path`` when there is none."""
+    if isinstance(hparams, dict) and CARD_KEY in hparams:
+        return validate_card(hparams[CARD_KEY], path)
+    if isinstance(hparams, dict) and is_legacy(hparams):
+        return card_from_legacy(hparams, path)
+    raise ModelError(
+        f"{path}: not a segkit checkpoint (no hyper_parameters.{CARD_KEY}); train it with `segkit train`"
+    )
+
+
 def load_bundle(path: str | Path) -> Bundle:
-    """Load a segkit checkpoint bundle safely (``weights_only=True``) and validate its facts."""
+    """Load a segkit checkpoint bundle safely (``weights_only=True``) and validate its card."""
     path = Path(path)
     ckpt = load_checkpoint_dict(path)
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "config" not in hparams or "state_dict" not in ckpt:
+    card = read_card(ckpt.get("hyper_parameters"), path)
+    if card.config is None or "state_dict" not in ckpt:
         raise ModelError(
-            f"{path}: not a segkit checkpoint (no hyper_parameters.config / state_dict); train it with `segkit train`"
+            f"{path}: not a segkit checkpoint (no training config / state_dict); train it with `segkit train`"
         )
     try:
-        config = load_config(hparams["config"])
+        config = load_config(card.config)
     except ConfigError as e:
         raise ModelError(
             f"{path}: the stored config is not valid for this segkit version: {e}"
@@ -135,22 +116,17 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ModelError(
             f"{path}: the checkpoint holds no model weights (no 'model.*' keys in state_dict)"
         )
-    temperature = hparams.get(TEMPERATURE, 1.0)
-    if not isinstance(temperature, int | float) or not temperature > 0:
-        raise ModelError(f"{path}: stored temperature {temperature!r} is not a number > 0")
-    return Bundle(path=path, config=config, hparams=dict(hparams), state_dict=state)
+    return Bundle(path=path, card=card, config=config, state_dict=state)
 
 
-def update_hparams(path: str | Path, update: Callable[[dict[str, Any]], None]) -> None:
-    """Change the stored facts of the checkpoint at ``path`` in place (``update`` edits its
-    hyper-parameters dict), rewriting the file atomically: decisions made after training."""
+def update_card(path: str | Path, update: Callable[[ModelCard], ModelCard]) -> None:
+    """Change the card of the checkpoint at ``path`` in place (decisions made after training),
+    rewriting the file atomically; an older segkit's checkpoint gets its card written."""
+    path = Path(path)
     ckpt = load_checkpoint_dict(path)
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict) or "config" not in hparams:
-        raise ModelError(f"{path}: not a segkit checkpoint (no hyper_parameters.config)")
-    update(hparams)
-    load_config(hparams["config"])  # still a valid config
-    with atomic_path(Path(path)) as tmp:
+    card = update(read_card(ckpt.get("hyper_parameters"), path))
+    ckpt["hyper_parameters"] = {CARD_KEY: card.to_dict()}
+    with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
 
@@ -158,7 +134,7 @@ def set_temperature(path: str | Path, temperature: float) -> None:
     """Store a fitted temperature in the checkpoint at ``path``, rewriting it atomically."""
     if not temperature > 0:
         raise ModelError(f"{path}: temperature must be > 0, got {temperature}")
-    update_hparams(path, lambda hparams: hparams.update({TEMPERATURE: float(temperature)}))
+    update_card(path, lambda card: card.updated(temperature=float(temperature)))
 
 
 def save_bundle(
@@ -168,9 +144,10 @@ def save_bundle(
     from segkit.models.build import model_stride
 
     path = Path(path)
+    card = ModelCard.from_config(config, stride or model_stride(model))
     ckpt = {
         "state_dict": {STATE_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "hyper_parameters": bundle_hparams(config, stride or model_stride(model)),
+        "hyper_parameters": {CARD_KEY: card.to_dict()},
         "segkit_version": __version__,
     }
     with atomic_path(path) as tmp:

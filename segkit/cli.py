@@ -11,14 +11,18 @@ import argparse
 import contextlib
 import logging
 import sys
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from segkit import __version__
-from segkit.config import BLENDS, MASK_ENCODINGS, TTA_MODES
+from segkit.config import MASK_ENCODINGS
 from segkit.errors import ConfigError, SegkitError
+from segkit.inference.options import InferenceOptions, Options, PredictOptions, flag_name
+
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 if TYPE_CHECKING:
     from segkit.training import TrainResult
@@ -96,10 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "--masks", type=Path, required=True, help="mask folder (same stems as the images)"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
-    )
-    _tiling_options(p)
+    _option_flags(p, InferenceOptions)
 
     p = add(
         "predict",
@@ -114,67 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="output folder (the source's relative layout is kept)",
     )
-    p.add_argument(
-        "--save",
-        nargs="+",
-        default=["index"],
-        choices=["index", "color", "overlay", "probs", "entropy", "confidence"],
-        help="outputs to write (default: index); entropy, confidence: float32 TIFF maps",
-    )
-    p.add_argument(
-        "--probs-dtype",
-        default="float16",
-        choices=["float16", "uint8"],
-        help="storage of --save probs (default float16)",
-    )
-    p.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="skip images whose outputs already exist (resume a killed run)",
-    )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
-    )
-    p.add_argument(
-        "--devices",
-        type=int,
-        default=1,
-        help="shard the images over N processes/GPUs (torch.distributed)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="background threads decoding and writing images (default: one per CPU, 2 to 8)",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="refuse images with more pixels (default: the model's data.max_image_pixels, "
-        "1000000000 unless set in training)",
-    )
-    p.add_argument(
-        "--classes",
-        nargs="+",
-        default=None,
-        help="class names, for an ONNX model without segkit metadata",
-    )
-    p.add_argument(
-        "--mean",
-        nargs="+",
-        type=float,
-        default=None,
-        help="normalisation mean, for an ONNX model without segkit metadata",
-    )
-    p.add_argument(
-        "--std",
-        nargs="+",
-        type=float,
-        default=None,
-        help="normalisation std, for an ONNX model without segkit metadata",
-    )
-    _tiling_options(p)
+    _option_flags(p, PredictOptions)
 
     p = add("export", "Export a checkpoint to ONNX and verify it against torch with onnxruntime.")
     p.add_argument("model", type=Path, help="a segkit .ckpt bundle")
@@ -251,30 +192,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tiling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tile", type=int, default=None, help="tile size in pixels (default: from the model)"
-    )
-    p.add_argument(
-        "--overlap",
-        type=float,
-        default=None,
-        help="tile overlap: fraction < 1 or pixels >= 1 (default: from the model)",
-    )
-    p.add_argument(
-        "--blend",
-        default=None,
-        choices=BLENDS,
-        help="blend window of overlapping tiles",
-    )
-    p.add_argument("--tta", default=None, choices=TTA_MODES, help="test-time augmentation")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="tiles per forward pass (default: the model's, else 8 on a GPU and 1 on a CPU); "
-        "images smaller than a tile are packed into the same pixels, several per pass",
-    )
+def _option_flags(p: argparse.ArgumentParser, options: type[Options]) -> None:
+    """One flag per field of ``options``: ``--batch-size`` for ``batch_size``, its type, default
+    and help from the field, choices from a Literal, ``nargs="+"`` for a list, a switch for a
+    bool. The model validates the values (:func:`_options_from`); argparse only parses them."""
+    for name, field in options.model_fields.items():
+        kind: Any = field.annotation
+        if get_origin(kind) in (Union, types.UnionType):  # X | None: None is the default
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        flag: dict[str, Any] = {"dest": name, "default": field.default, "help": field.description}
+        if kind is bool:
+            p.add_argument(flag_name(name), action="store_true", **flag)
+            continue
+        if get_origin(kind) is list:
+            flag["nargs"] = "+"
+            kind = get_args(kind)[0]
+        if get_origin(kind) is Literal:
+            flag["choices"] = get_args(kind)
+        else:
+            flag["type"] = kind
+        p.add_argument(flag_name(name), **flag)
+
+
+def _options_from(args: argparse.Namespace, options: type[OptionsT]) -> OptionsT:
+    """The validated options model of a command from its parsed flags."""
+    return options.parse(**{name: getattr(args, name) for name in options.model_fields})
 
 
 def _config_arguments(p: argparse.ArgumentParser) -> None:
@@ -356,18 +298,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segkit.evaluation import evaluate
 
-    metrics = evaluate(
-        args.model,
-        args.images,
-        args.masks,
-        device=args.device,
-        json_path=args.json,
-        tile=args.tile,
-        overlap=args.overlap,
-        blend=args.blend,
-        tta=args.tta,
-        batch_size=args.batch_size,
-    )
+    options = _options_from(args, InferenceOptions)
+    metrics = evaluate(args.model, args.images, args.masks, json_path=args.json, **dict(options))
     console = _console()
     console.print(metrics.table(title=f"{args.model.name} on {args.images}"))
     if args.json:
@@ -378,26 +310,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from segkit.inference.run import predict_source
 
-    summary = predict_source(
-        args.model,
-        args.source,
-        args.output,
-        save=args.save,
-        probs_dtype=args.probs_dtype,
-        skip_existing=args.skip_existing,
-        device=args.device,
-        devices=args.devices,
-        workers=args.workers,
-        tile=args.tile,
-        overlap=args.overlap,
-        blend=args.blend,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        classes=args.classes,
-        mean=args.mean,
-        std=args.std,
-        max_pixels=args.max_pixels,
-    )
+    options = _options_from(args, PredictOptions)
+    summary = predict_source(args.model, args.source, args.output, options)
     for failure in summary.failures:
         print(f"error: {failure}", file=sys.stderr)
     print(summary.describe())

@@ -23,20 +23,14 @@ from segkit.utils import atomic_write_text
 
 
 def model_data_config(model_path: Path, predictor: Any) -> DataConfig:
-    """The data section the model was trained with (the bundle's, or the config an ONNX export
-    carries), else, for an ONNX file without segkit metadata, index masks of its classes."""
-    info = predictor.info
-    if info.data is not None:
-        return info.data
-    if model_path.suffix.lower() == ".onnx":  # a stored config predict could skip: masks need it
-        from segkit.export.metadata import read_onnx_metadata, stored_data_config
-
-        stored = read_onnx_metadata(model_path).get("config")
-        if stored:
-            return stored_data_config(stored, model_path)
+    """The data section the model was trained with (its card's), else, for an ONNX file without
+    segkit metadata, index masks of its classes."""
+    card = predictor.card
+    if card.data is not None:
+        return card.data
     try:
         return DataConfig(
-            classes=list(info.classes), ignore_index=info.ignore_index, in_channels=info.in_channels
+            classes=list(card.classes), ignore_index=card.ignore_index, in_channels=card.in_channels
         )
     except ValueError as e:
         raise ModelError(f"{model_path}: cannot describe its masks ({e})") from None
@@ -73,9 +67,9 @@ def scoring_predictor(
     model_path = Path(model_path)
     predictor = Predictor.from_path(model_path, device=device, temperature=1.0, **options)
     data = model_data_config(model_path, predictor)
-    if len(predictor.info.classes) != data.num_classes:
+    if len(predictor.card.classes) != data.num_classes:
         raise ModelError(
-            f"{model_path}: the model has {len(predictor.info.classes)} classes but its data config lists {data.num_classes}"
+            f"{model_path}: the model has {len(predictor.card.classes)} classes but its data config lists {data.num_classes}"
         )
     return predictor, data
 
@@ -156,8 +150,8 @@ def evaluate_pairs(
     predictor, data = scoring_predictor(
         model_path, device, tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size
     )
-    classes = list(predictor.info.classes)
-    temperature = predictor.info.temperature
+    classes = list(predictor.card.classes)
+    temperature = predictor.card.temperature
     confusion = ConfusionMatrix(
         len(classes), ignore_index=data.ignore_index, sync=False
     )  # may run on rank 0 only

@@ -428,7 +428,7 @@ def train(
     if config.run.plan:
         config, plan = plan_config(config)
     module = SegmentationModule(config, pretrained=ckpt_path is None)
-    datamodule = SegmentationDataModule(config, stride=int(module.hparams["stride"]))
+    datamodule = SegmentationDataModule(config, stride=module.card.stride)
     datamodule.setup("fit")
     if not datamodule.val_pairs:
         raise ConfigError(
@@ -477,7 +477,7 @@ def _finish_best(
     """The decisions made on the validation set after training, stored in ``best`` (each an
     atomic rewrite), then its metrics (``metrics.json``): the TTA mode where the plan measures
     that it pays, then the temperature, fitted on the predictions users will get."""
-    from segkit.bundle import update_hparams
+    from segkit.bundle import update_card
     from segkit.evaluation import evaluate_pairs, fit_checkpoint_temperature
     from segkit.planning import measured_tta
 
@@ -485,7 +485,7 @@ def _finish_best(
         without = evaluate_pairs(best, pairs, device=device, tta="none").miou
         decision = measured_tta(best, pairs, without, device, augment)
         if decision is not None:
-            update_hparams(best, lambda h: h["config"]["predict"].update(tta=decision.value))
+            update_card(best, lambda card: card.updated(predict={"tta": decision.value}))
             plan.decisions = [d for d in plan.decisions if d.key != decision.key] + [decision]
     fit_checkpoint_temperature(best, pairs, device)
     return evaluate_pairs(best, pairs, device=device, json_path=run_dir / "metrics.json")

@@ -52,14 +52,17 @@ def test_best_is_at_most_60_percent_of_last_and_holds_no_optimiser_state(run):
     last_dict = torch.load(last, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in best_dict and "lr_schedulers" not in best_dict
     assert last_dict["optimizer_states"] and last_dict["lr_schedulers"]
-    assert best_dict["hyper_parameters"]["config"]["data"]["classes"] == run[1]["classes"]
+    assert (
+        best_dict["hyper_parameters"]["model_card"]["config"]["data"]["classes"]
+        == run[1]["classes"]
+    )
 
 
 def test_best_is_a_complete_bundle_for_predict(run, tmp_path):
     result, data = run
     bundle = load_bundle(result.best_checkpoint)
     model = bundle.build_model()
-    assert bundle.classes == data["classes"] and model is not None
+    assert bundle.card.classes == data["classes"] and model is not None
     out = tmp_path / "out"
     assert (
         main(["predict", str(result.best_checkpoint), str(data["val_images"]), "-o", str(out)]) == 0

@@ -14,7 +14,6 @@ from segkit.bundle import load_bundle, save_bundle
 from segkit.config import load_config
 from segkit.errors import DataError
 from segkit.evaluation import evaluate
-from segkit.inference.backend import ModelInfo
 from segkit.models.build import build_model
 from tests.conftest import TINY_MODEL
 
@@ -34,15 +33,7 @@ class EchoPredictor:
     """Stand-in for Predictor: 'predicts' the class written into the image's red channel / 100."""
 
     def __init__(self, path: Path) -> None:
-        bundle = load_bundle(path)
-        self.info = ModelInfo(
-            classes=bundle.classes,
-            colors=bundle.colors,
-            in_channels=3,
-            mean=bundle.mean,
-            std=bundle.std,
-            data=bundle.config.data,  # as the real backends' infos carry it
-        )
+        self.card = load_bundle(path).card
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         return (image[..., 0] // 100).astype(np.uint8)
@@ -53,7 +44,7 @@ class EchoPredictor:
     def blocks_many(self, images):  # what evaluate scores: one block of one-hot probabilities
         for image in images:
             labels = torch.from_numpy(self.predict(image).astype(np.int64))
-            probs = torch.nn.functional.one_hot(labels, len(self.info.classes)).permute(2, 0, 1)
+            probs = torch.nn.functional.one_hot(labels, len(self.card.classes)).permute(2, 0, 1)
             yield iter([(0, 0, probs.float())])
 
     def pixels_per_pass(self) -> int:  # sizes evaluate's read-ahead

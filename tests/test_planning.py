@@ -184,7 +184,7 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import segkit.evaluation
-    from segkit.bundle import load_bundle, save_bundle, update_hparams
+    from segkit.bundle import load_bundle, save_bundle, update_card
     from segkit.models.build import build_model
     from segkit.planning import TTA_GAIN, measured_tta
     from tests.conftest import TINY_MODEL
@@ -205,10 +205,10 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
     assert "0.5000 without TTA, hflip 0.5005, flip 0.5020" in decision.reason
     gains["d4"] = 3 * TTA_GAIN
     assert measured_tta(path, [], 0.5, "cpu", augment).value == "d4"
-    update_hparams(path, lambda h: h["config"]["predict"].update(tta=decision.value))
+    update_card(path, lambda card: card.updated(predict={"tta": decision.value}))
     assert load_bundle(path).config.predict.tta == "flip"
-    with pytest.raises(Exception, match="predict.tta"):
-        update_hparams(path, lambda h: h["config"]["predict"].update(tta="sideways"))
+    with pytest.raises(Exception, match="tta"):
+        update_card(path, lambda card: card.updated(predict={"tta": "sideways"}))
     assert load_bundle(path).config.predict.tta == "flip"  # a refused change leaves the file
 
 

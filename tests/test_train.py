@@ -120,7 +120,12 @@ def test_run_folder_holds_everything(trained):
 def test_best_checkpoint_is_a_safe_bundle_with_identical_logits(trained):
     _, result, _ = trained
     raw = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-    assert raw["hyper_parameters"]["classes"] == ["background", "circle", "rectangle", "triangle"]
+    assert raw["hyper_parameters"]["model_card"]["classes"] == [
+        "background",
+        "circle",
+        "rectangle",
+        "triangle",
+    ]
     x = torch.randn(1, 3, 64, 96)
     module = SegmentationModule.load_from_checkpoint(
         result.best_checkpoint, map_location="cpu", weights_only=True

@@ -17,7 +17,7 @@ def test_train_stores_a_fitted_temperature_and_reports_calibration(tmp_path):
     config = load_config(_config(data, tmp_path / "runs", trainer={"max_epochs": 1}))
     result = train(config)
     raw = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-    temperature = raw["hyper_parameters"]["temperature"]
+    temperature = raw["hyper_parameters"]["model_card"]["temperature"]
     assert isinstance(temperature, float) and temperature > 0 and temperature != 1.0
     stored = json.loads((result.run_dir / "metrics.json").read_text())["calibration"]
     assert stored["temperature"] == temperature

@@ -1,24 +1,44 @@
-"""Read a segkit ONNX export's self-description back: ``metadata_props`` -> ModelInfo.
+"""A segkit ONNX export's self-description: two ``metadata_props`` entries, each one JSON object.
 
-Also serves ONNX files segkit did not write: what their metadata lacks (classes, normalisation)
-the caller supplies, and the channel count comes from the input shape.
+``segkit.model_card`` is the :class:`~segkit.card.ModelCard`, the same JSON the checkpoint holds
+under ``hyper_parameters["model_card"]``; ``segkit.export`` describes the graph (:class:`GraphFacts`:
+its head, whether it normalises, ...), which a checkpoint does not have. Also serves ONNX files
+segkit did not write (their card is made from what the caller supplies and the input shape) and
+exports of older segkits (one key per fact, read through :func:`segkit.card.card_from_legacy`).
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from segkit.card import ModelInfo
-from segkit.config import DataConfig
+from segkit.card import ModelCard, card_from_legacy, is_legacy, validate_card
+from segkit.config import PredictConfig
 from segkit.data.palette import default_colors
 from segkit.errors import ModelError, first_line
 
-DEFAULT_STRIDE = 32
+CARD_METADATA_KEY = "segkit.model_card"
+GRAPH_METADATA_KEY = "segkit.export"
+Head = Literal["logits", "probs", "labels"]
+HEADS: tuple[str, ...] = get_args(Head)
+
+
+class GraphFacts(BaseModel):
+    """What the exported graph is, beyond the model it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    head: Head = "logits"
+    """Output: logits, softmax probabilities, or arg-max labels."""
+    normalize_in_graph: bool = False
+    """The graph takes raw 0..255 pixels and normalises itself."""
+    fp16: bool = False
+    dynamic: bool = True
+    source_sha256: str | None = None
+    """SHA-256 of the checkpoint it was exported from."""
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -41,7 +61,14 @@ def _load_onnx(path: str | Path) -> Any:
         ) from None
 
 
-def onnx_model_info(
+def _input_shape(proto: Any) -> list[Any] | None:
+    if not proto.graph.input:
+        return None
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def onnx_card(
     source: str | Path | dict[str, str],
     classes: list[str] | None = None,
     mean: list[float] | None = None,
@@ -49,13 +76,12 @@ def onnx_model_info(
     *,
     input_shape: list[Any] | None = None,
     name: str | Path | None = None,
-) -> ModelInfo:
-    """The ModelInfo of an ONNX model, from its segkit metadata and what the caller supplies.
-
-    ``source`` is a path or the metadata dict itself. Caller values win over metadata. A model
-    segkit did not export needs ``classes``, ``mean`` and ``std`` from the caller; its channel
-    count is read from the input shape (``input_shape``, or the file's) and its stride defaults
-    to 32. A ModelError names everything that is missing, and the file (``name`` for a dict).
+) -> ModelCard:
+    """The ModelCard of an ONNX model: its ``segkit.model_card`` entry, else one made from
+    ``classes``, ``mean`` and ``std`` (a model segkit did not export: its channel count is read
+    from the input shape and its stride is 32). A static input shape fixes the tile and the
+    batch size. ``source`` is a path or the metadata dict itself; a ModelError names everything
+    that is missing, and the file (``name`` for a dict).
     """
     name = str(name or (source if not isinstance(source, dict) else "ONNX metadata"))
     if isinstance(source, dict):
@@ -63,111 +89,101 @@ def onnx_model_info(
     else:
         proto = _load_onnx(source)
         meta = {p.key: p.value for p in proto.metadata_props}
-        if input_shape is None and proto.graph.input:
-            dims = proto.graph.input[0].type.tensor_type.shape.dim
-            input_shape = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims
-            ]
-    try:
-        meta_classes = _json(meta, "classes")
-        in_channels = int(meta["in_channels"]) if "in_channels" in meta else None
-        if (
-            in_channels is None
-            and input_shape is not None
-            and len(input_shape) == 4
-            and isinstance(input_shape[1], int)
-        ):
-            in_channels = input_shape[1]
-        classes = [str(c) for c in (classes or meta_classes or [])] or None
-        mean = [float(v) for v in (mean or _json(meta, "mean") or [])] or None
-        std = [float(v) for v in (std or _json(meta, "std") or [])] or None
-        missing = [
-            n
-            for n, v in (
-                ("classes", classes),
-                ("mean", mean),
-                ("std", std),
-                ("in_channels", in_channels),
-            )
-            if v is None
-        ]
-        if missing:
-            how = {
-                "classes": "--classes NAME ...",
-                "mean": "--mean M ...",
-                "std": "--std S ...",
-                "in_channels": "a static channel dimension in the input shape",
-            }
+        input_shape = input_shape if input_shape is not None else _input_shape(proto)
+    facts = {k: v for k, v in (("classes", classes), ("mean", mean), ("std", std)) if v}
+    if CARD_METADATA_KEY in meta or is_legacy(meta):
+        if facts:
             raise ModelError(
-                f"{name}: no segkit metadata for {', '.join(missing)} (not a segkit export?); "
-                f"supply {', '.join(how[m] for m in missing)}"
+                f"{name}: {', '.join(facts)} only apply to an ONNX file without segkit metadata; "
+                "this one carries its own"
             )
-        for label, values in (("mean", mean), ("std", std)):
-            if len(values or []) != in_channels:
-                raise ModelError(
-                    f"{name}: {label} has {len(values or [])} values but the model takes {in_channels} channels"
-                )
-        colors = _json(meta, "colors")
-        colors_arr = (
-            np.asarray(colors, dtype=np.uint8)
-            if colors and len(colors) == len(classes or [])
-            else default_colors(len(classes or []))
+        card = (
+            validate_card(_json(meta, CARD_METADATA_KEY, name), name)
+            if CARD_METADATA_KEY in meta
+            else card_from_legacy(meta, name)
         )
-        info = ModelInfo(
-            classes=classes or [],
-            colors=colors_arr,
-            in_channels=int(in_channels or 0),
-            mean=mean or [],
-            std=std or [],
-            stride=int(meta.get("stride", DEFAULT_STRIDE)),
-        )
-        static = (
-            input_shape is not None
-            and len(input_shape) == 4
-            and all(isinstance(d, int) and d > 0 for d in input_shape[2:])
-        )
-        info.tile = min(input_shape[2:]) if static else int(meta.get("tile", info.tile))  # type: ignore[index]
-        info.overlap = float(meta.get("overlap", info.overlap))
-        info.blend = meta.get("blend", info.blend)
-        info.tta = meta.get("tta", info.tta)
-        if meta.get("batch_size"):  # empty or absent: the device's default
-            info.batch_size = int(meta["batch_size"])
-        if (
-            input_shape is not None
-            and input_shape
-            and isinstance(input_shape[0], int)
-            and input_shape[0] > 0
-        ):
-            info.batch_size = input_shape[0]
-        info.ignore_index = int(meta.get("ignore_index", info.ignore_index))
-        info.temperature = float(meta.get("temperature", info.temperature))
-        if not info.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {info.temperature}")
-    except (ValueError, TypeError, KeyError) as e:
-        raise ModelError(f"{name}: malformed segkit metadata: {first_line(e)}") from None
-    info.extra = {k: v for k, v in meta.items() if k != "config"}
-    if meta.get("config"):
-        # The network runs without it: predict goes on with the default data settings.
-        try:
-            info.data = stored_data_config(meta["config"], name)
-        except ModelError as e:
-            warnings.warn(f"{e}; using the default data settings", stacklevel=2)
-    return info
+    else:
+        card = _foreign_card(facts, input_shape, name)
+    static: dict[str, int] = {}
+    if input_shape is not None and len(input_shape) == 4:
+        if all(isinstance(d, int) and d > 0 for d in input_shape[2:]):
+            static["tile"] = min(input_shape[2:])
+        if isinstance(input_shape[0], int) and input_shape[0] > 0:
+            static["batch_size"] = input_shape[0]
+    if not static:
+        return card
+    # What the graph can run, whatever the card recommends (not a new card: no re-validation).
+    return card.model_copy(update={"predict": card.predict.model_copy(update=static)})
 
 
-def stored_data_config(text: str, name: str | Path) -> DataConfig:
-    """The data section of the training config a segkit export carries (the data section alone:
-    validating the model section would import smp, which onnxruntime inference does not need)."""
+def _foreign_card(
+    facts: dict[str, list[Any]], input_shape: list[Any] | None, name: str
+) -> ModelCard:
+    in_channels = (
+        input_shape[1]
+        if input_shape is not None and len(input_shape) == 4 and isinstance(input_shape[1], int)
+        else None
+    )
+    missing = [n for n in ("classes", "mean", "std") if n not in facts]
+    if in_channels is None:
+        missing.append("in_channels")
+    if missing:
+        how = {
+            "classes": "--classes NAME ...",
+            "mean": "--mean M ...",
+            "std": "--std S ...",
+            "in_channels": "a static channel dimension in the input shape",
+        }
+        raise ModelError(
+            f"{name}: no segkit metadata for {', '.join(missing)} (not a segkit export?); "
+            f"supply {', '.join(how[m] for m in missing)}"
+        )
+    classes = [str(c) for c in facts["classes"]]
+    return validate_card(
+        {
+            "in_channels": in_channels,
+            "classes": classes,
+            "colors": default_colors(len(classes)).tolist(),
+            "mean": facts["mean"],
+            "std": facts["std"],
+            "predict": PredictConfig(tile=512).model_dump(),
+        },
+        name,
+    )
+
+
+def graph_facts(meta: dict[str, str], integer_output: bool, name: str | Path) -> GraphFacts:
+    """The ``segkit.export`` entry of an ONNX file; for an older segkit's export its ``head`` and
+    ``normalize_in_graph`` keys; for a foreign file labels when the output is integer, else logits."""
     try:
-        return DataConfig.model_validate(json.loads(text)["data"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{name}: the stored training config is not valid: {e}") from None
+        if GRAPH_METADATA_KEY in meta:
+            return GraphFacts.model_validate(_json(meta, GRAPH_METADATA_KEY, name))
+        if "head" in meta:  # an older segkit's export
+            normalize = json.loads(meta.get("normalize_in_graph", "false")) is True
+            return GraphFacts(head=meta["head"], normalize_in_graph=normalize)
+    except ValidationError as e:
+        raise ModelError(
+            f"{name}: malformed {GRAPH_METADATA_KEY} metadata: {first_line(e)}"
+        ) from None
+    return GraphFacts(head="labels" if integer_output else "logits")
 
 
-def _json(meta: dict[str, str], key: str) -> Any:
-    if key not in meta:
-        return None
+def write_onnx_metadata(path: Path, card: ModelCard, graph: GraphFacts) -> None:
+    """Replace the ``metadata_props`` of the ONNX file at ``path`` with the two segkit entries."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=CARD_METADATA_KEY, value=card.model_dump_json())
+    proto.metadata_props.add(key=GRAPH_METADATA_KEY, value=graph.model_dump_json())
+    proto.doc_string = (
+        f"segkit export: the model card is JSON in metadata_props['{CARD_METADATA_KEY}']"
+    )
+    onnx.save(proto, str(path))
+
+
+def _json(meta: dict[str, str], key: str, name: str | Path) -> Any:
     try:
         return json.loads(meta[key])
     except json.JSONDecodeError:
-        raise ValueError(f"'{key}' is not JSON: {meta[key][:80]!r}") from None
+        raise ModelError(f"{name}: metadata '{key}' is not JSON: {meta[key][:80]!r}") from None

@@ -2,8 +2,9 @@
 
 The graph is checked with ``onnx.checker`` and run with onnxruntime against the eager torch model
 on two input shapes before it is moved into place, so a file under the final name has passed
-verification. Its ``metadata_props`` carry every fact inference needs (classes, colours,
-normalisation, stride, recommended tiling), so ``segkit predict model.onnx`` needs no config.
+verification. Its ``metadata_props`` carry the checkpoint's model card (classes, colours,
+normalisation, stride, recommended tiling, the training config) and what the graph is
+(:mod:`segkit.export.metadata`), so ``segkit predict model.onnx`` needs no config.
 
 Exporter choice: the TorchScript exporter (``dynamo=False``) is 10-50x faster than the
 torch.export-based one on smp models and keeps batch/height/width dynamic for every smp
@@ -17,24 +18,26 @@ import contextlib
 import copy
 import hashlib
 import io
-import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from segkit import __version__
 from segkit.errors import ConfigError, ModelError, first_line
-from segkit.export.metadata import onnx_model_info, read_onnx_metadata
+from segkit.export.metadata import (
+    HEADS,
+    GraphFacts,
+    onnx_card,
+    read_onnx_metadata,
+    write_onnx_metadata,
+)
 from segkit.utils import atomic_path
 
-__all__ = ["export_onnx", "onnx_model_info", "read_onnx_metadata"]
+__all__ = ["export_onnx", "onnx_card", "read_onnx_metadata"]
 
-HEADS = ("logits", "probs", "labels")
 INPUT_NAME = "image"
 DEFAULT_TOLERANCE = 1e-3
 DEFAULT_TOLERANCE_FP16 = 1e-1
@@ -119,33 +122,29 @@ def export_onnx(
     if output.resolve() == model_path.resolve():
         raise ConfigError(f"export: --output {output} would overwrite the checkpoint it exports")
     bundle = load_bundle(model_path)
+    card = bundle.card
     model = bundle.build_model().float().eval()
-    num_classes = len(bundle.classes)
-    stride = bundle.stride
-    tile = bundle.config.predict.tile or bundle.config.data.patch_size
 
     def wrap(net: nn.Module, half: bool) -> _ExportWrapper:
         return _ExportWrapper(
-            net, head, bundle.mean, bundle.std, normalize_in_graph, half, num_classes
+            net, head, card.mean, card.std, normalize_in_graph, half, card.num_classes
         ).eval()
 
     reference = wrap(model, False)
     graph = wrap(copy.deepcopy(model).half(), True) if fp16 else reference
-    shapes = _verification_shapes(bundle.in_channels, stride, tile, dynamic)
-    metadata = _metadata(
-        bundle,
-        head=head,
+    shapes = _verification_shapes(card.in_channels, card.stride, card.tile, dynamic)
+    facts = GraphFacts(
+        head=head,  # checked against HEADS above
         normalize_in_graph=normalize_in_graph,
         fp16=fp16,
         dynamic=dynamic,
-        tile=tile,
-        stride=stride,
+        source_sha256=_sha256(model_path),
     )
     with atomic_path(output) as tmp:
         _torch_export(
             graph, shapes[0], tmp, opset=opset, head=head, dynamic=dynamic, source=model_path
         )
-        _write_metadata(tmp, metadata)
+        write_onnx_metadata(tmp, card, facts)
         diff = _verify(
             tmp,
             reference,
@@ -237,61 +236,12 @@ def _torch_export(
     raise ModelError(f"{source}: ONNX export failed (opset {opset}): " + "; ".join(errors))
 
 
-def _metadata(
-    bundle: Any,
-    *,
-    head: str,
-    normalize_in_graph: bool,
-    fp16: bool,
-    dynamic: bool,
-    tile: int,
-    stride: int,
-) -> dict[str, str]:
-    cfg = bundle.config
-    return {
-        "segkit_version": __version__,
-        "bundle_format": str(bundle.hparams.get("bundle_format", "")),
-        "classes": json.dumps(bundle.classes),
-        "colors": json.dumps(bundle.colors.tolist()),
-        "in_channels": str(bundle.in_channels),
-        "mean": json.dumps(bundle.mean),
-        "std": json.dumps(bundle.std),
-        "stride": str(stride),
-        "tile": str(tile),
-        "overlap": str(cfg.predict.overlap),
-        "blend": cfg.predict.blend,
-        "tta": cfg.predict.tta,
-        "batch_size": str(cfg.predict.batch_size or ""),  # empty: the device's default
-        "ignore_index": str(cfg.data.ignore_index),
-        "temperature": repr(bundle.temperature),  # fitted after training; 1.0: none
-        "head": head,
-        "normalize_in_graph": json.dumps(normalize_in_graph),
-        "fp16": json.dumps(fp16),
-        "dynamic": json.dumps(dynamic),
-        "source_sha256": _sha256(bundle.path),
-        "config": json.dumps(cfg.to_dict()),
-    }
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = (
-        "segkit export: inputs/outputs and inference defaults are described in metadata_props"
-    )
-    onnx.save(proto, str(path))
 
 
 def _verify(

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from segkit.card import ModelInfo as ModelInfo  # re-exported: its home is segkit.card
+from segkit.card import ModelCard
 
 GPU_BATCH_SIZE = 8  # tiles per forward pass on a GPU: keeps it busy
 CPU_BATCH_SIZE = 1
@@ -34,10 +34,10 @@ def block_width(device: torch.device) -> int | None:
 class Backend(Protocol):
     """Runs the network on a batch of normalised tiles."""
 
-    info: ModelInfo
+    card: ModelCard
     device: torch.device
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """``(N, C, h, w)`` float32 normalised tiles (h, w multiples of ``info.stride``) ->
+        """``(N, C, h, w)`` float32 normalised tiles (h, w multiples of ``card.stride``) ->
         ``(N, K, h, w)`` float32 class probabilities (softmax), on ``self.device``."""
         ...

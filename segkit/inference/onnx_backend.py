@@ -10,7 +10,6 @@ pixels; export logits or probs for tiled inference.)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segkit.card import ModelCard
 from segkit.errors import ModelError, first_line
-from segkit.export.metadata import onnx_model_info
-from segkit.inference.backend import ModelInfo
+from segkit.export.metadata import graph_facts, onnx_card
 
 _INT_TYPES = (
     "tensor(uint8)",
@@ -62,10 +61,10 @@ class OnnxBackend:
     device = torch.device("cpu")  # where tiles go in and probabilities come out
 
     def __init__(
-        self, session: Any, info: ModelInfo, head: str, normalize_in_graph: bool, path: Path
+        self, session: Any, card: ModelCard, head: str, normalize_in_graph: bool, path: Path
     ) -> None:
         self.session = session
-        self.info = info
+        self.card = card
         self.head = head
         self.normalize_in_graph = normalize_in_graph
         self.path = path
@@ -85,8 +84,8 @@ class OnnxBackend:
             if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:])
             else None
         )
-        self._mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._mean = torch.tensor(card.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(card.std, dtype=torch.float32).view(1, -1, 1, 1)
 
     @classmethod
     def from_path(
@@ -127,23 +126,17 @@ class OnnxBackend:
             raise ModelError(
                 f"{path}: expected one image input and an output, got {len(inputs)} inputs and {len(outputs)} outputs"
             )
-        info = onnx_model_info(
+        card = onnx_card(
             meta, classes=classes, mean=mean, std=std, input_shape=list(inputs[0].shape), name=path
         )
-        info.extra = {**info.extra, "source": str(path)}
         out = outputs[0]
-        head = meta.get("head") or ("labels" if out.type in _INT_TYPES else "logits")
-        if head not in ("logits", "probs", "labels"):
+        graph = graph_facts(meta, out.type in _INT_TYPES, path)
+        k = out.shape[1] if graph.head != "labels" and len(out.shape) == 4 else None
+        if isinstance(k, int) and k > 0 and k != card.num_classes:
             raise ModelError(
-                f"{path}: unknown head '{head}' in metadata (expected logits, probs or labels)"
+                f"{path}: the model outputs {k} channels but {card.num_classes} classes were given ({card.classes})"
             )
-        k = out.shape[1] if head != "labels" and len(out.shape) == 4 else None
-        if isinstance(k, int) and k > 0 and k != info.num_classes:
-            raise ModelError(
-                f"{path}: the model outputs {k} channels but {info.num_classes} classes were given ({info.classes})"
-            )
-        normalize = json.loads(meta.get("normalize_in_graph", "false")) is True
-        return cls(session, info, head, normalize, path)
+        return cls(session, card, graph.head, graph.normalize_in_graph, path)
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         """Normalised ``(N, C, h, w)`` tiles -> ``(N, K, h, w)`` float32 probabilities on CPU."""
@@ -185,7 +178,7 @@ class OnnxBackend:
             ) from None
         y = torch.from_numpy(np.asarray(out))
         if self.head == "labels":
-            labels = y.long().clamp_(0, self.info.num_classes - 1)
-            return F.one_hot(labels, self.info.num_classes).permute(0, 3, 1, 2).float()
+            labels = y.long().clamp_(0, self.card.num_classes - 1)
+            return F.one_hot(labels, self.card.num_classes).permute(0, 3, 1, 2).float()
         y = y.float()
         return y if self.head == "probs" else torch.softmax(y, dim=1)

@@ -1,7 +1,8 @@
 """``Predictor``: one tiled, memory-bounded engine over a torch checkpoint or an ONNX file.
 
-Keyword arguments left at ``None`` take the model's stored defaults (``predict.*`` of the bundle or
-the ONNX metadata), so ``Predictor.from_path(p).predict(img)`` does what training intended.
+Everything it knows about the model is the backend's :class:`~segkit.card.ModelCard`. Tiling
+options (:class:`~segkit.inference.options.TileOptions`) left at ``None`` take the card's
+``predict`` defaults, so ``Predictor.from_path(p).predict(img)`` does what training intended.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import torch
 
-from segkit.config import TTA_MODES
+from segkit.card import ModelCard
+from segkit.config import TTA
 from segkit.data.io import adapt_channels, image_to_float
 from segkit.errors import ConfigError, DataError, ModelError
-from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
+from segkit.inference.backend import Backend, block_width, default_batch_size
 from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
+from segkit.inference.options import TileOptions
 from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import (
-    BLENDS,
     TileGrid,
     extract_tile,
     iter_stitched,
@@ -40,7 +42,7 @@ K = TypeVar("K", bound=Hashable)
 _Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
-def _tta_transforms(mode: str) -> list[_Transform]:
+def _tta_transforms(mode: TTA) -> list[_Transform]:
     """(forward, inverse) pairs on the last two axes: hflip = identity and the horizontal flip,
     flip = the 4 horizontal/vertical flips, d4 = 8 (flips and quarter turns)."""
     if mode == "none":
@@ -52,23 +54,21 @@ def _tta_transforms(mode: str) -> list[_Transform]:
             (lambda t, d=d: t.flip(d) if d else t, lambda t, d=d: t.flip(d) if d else t)  # type: ignore[misc]
             for d in ((), (-1,), (-2,), (-2, -1))
         ]
-    if mode == "d4":
-        out: list[_Transform] = []
-        for k in range(4):
-            out.append(
-                (
-                    lambda t, k=k: torch.rot90(t, k, (-2, -1)),  # type: ignore[misc]
-                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)),  # type: ignore[misc]
-                )
+    out: list[_Transform] = []  # d4
+    for k in range(4):
+        out.append(
+            (
+                lambda t, k=k: torch.rot90(t, k, (-2, -1)),  # type: ignore[misc]
+                lambda t, k=k: torch.rot90(t, -k, (-2, -1)),  # type: ignore[misc]
             )
-            out.append(
-                (
-                    lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)),  # type: ignore[misc]
-                    lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1),  # type: ignore[misc]
-                )
+        )
+        out.append(
+            (
+                lambda t, k=k: torch.rot90(t.flip(-1), k, (-2, -1)),  # type: ignore[misc]
+                lambda t, k=k: torch.rot90(t, -k, (-2, -1)).flip(-1),  # type: ignore[misc]
             )
-        return out
-    raise ConfigError(f"unknown tta '{mode}' (allowed: {', '.join(TTA_MODES)})")
+        )
+    return out
 
 
 def _check_image(image: Any) -> Image:
@@ -91,12 +91,12 @@ def _check_image(image: Any) -> Image:
 
 @dataclass
 class Settings:
-    """Resolved tiling options of one call."""
+    """The tiling of one call: its options, else the predictor's, else the card's defaults."""
 
     tile: int
     overlap: float
     blend: str
-    tta: str
+    tta: TTA
     batch_size: int
 
 
@@ -115,17 +115,12 @@ class Predictor:
         temperature: float | None = None,
     ) -> None:
         self.backend = backend
-        self.info: ModelInfo = backend.info
-        self._defaults = {
-            "tile": tile,
-            "overlap": overlap,
-            "blend": blend,
-            "tta": tta,
-            "batch_size": batch_size,
-        }
-        self.settings()  # validate early
+        self.card: ModelCard = backend.card
+        self.options = TileOptions.parse(
+            tile=tile, overlap=overlap, blend=blend, tta=tta, batch_size=batch_size
+        )
         self.temperature = float(
-            temperature if temperature is not None else backend.info.temperature
+            temperature if temperature is not None else backend.card.temperature
         )
         """Divides the logits (applied to the blended probabilities; 1: as the network gives them).
         Defaults to the model's fitted temperature (:mod:`segkit.models.calibration`)."""
@@ -134,7 +129,7 @@ class Predictor:
         # Made once: creating them per image would wait for the GPU to finish the previous one.
         self._mean, self._std = (
             torch.tensor(v, dtype=torch.float32, device=self._device()).view(1, -1, 1, 1)
-            for v in (self.info.mean, self.info.std)
+            for v in (self.card.mean, self.card.std)
         )
 
     @classmethod
@@ -182,11 +177,11 @@ class Predictor:
 
     def with_options(self, **options: Any) -> Predictor:
         """A predictor on the same backend whose unset (``None``) options keep this one's."""
-        merged: dict[str, Any] = {
-            k: options.get(k) if options.get(k) is not None else v
-            for k, v in self._defaults.items()
+        temperature = options.pop("temperature", None)
+        merged = {
+            **self.options.model_dump(),
+            **{k: v for k, v in options.items() if v is not None},
         }
-        temperature = options.get("temperature")
         return Predictor(
             self.backend,
             **merged,
@@ -194,33 +189,25 @@ class Predictor:
         )
 
     def settings(self, **overrides: Any) -> Settings:
-        """Call options, else the predictor's, else the model's defaults; validated."""
+        """Call options (``TileOptions`` fields), else the predictor's, else the card's defaults."""
+        call = TileOptions.parse(**overrides) if overrides else TileOptions()
 
         def pick(key: str) -> Any:
-            for source in (overrides, self._defaults):
-                if source.get(key) is not None:
-                    return source[key]
-            return getattr(self.info, key)
+            for source in (call, self.options, self.card.predict):
+                if getattr(source, key) is not None:
+                    return getattr(source, key)
+            return None
 
         batch_size = pick("batch_size")
-        s = Settings(
+        return Settings(
             tile=int(pick("tile")),
             overlap=float(pick("overlap")),
             blend=str(pick("blend")),
-            tta=str(pick("tta")),
+            tta=pick("tta"),
             batch_size=int(batch_size)
             if batch_size is not None
             else default_batch_size(getattr(self.backend, "network_device", self._device())),
         )
-        if s.tile < 1 or s.batch_size < 1 or s.overlap < 0:
-            raise ConfigError(
-                f"tile ({s.tile}) and batch_size ({s.batch_size}) must be >= 1 and overlap ({s.overlap}) >= 0"
-            )
-        if s.blend not in BLENDS:
-            raise ConfigError(f"unknown blend '{s.blend}' (allowed: {', '.join(BLENDS)})")
-        if s.tta not in TTA_MODES:
-            raise ConfigError(f"unknown tta '{s.tta}' (allowed: {', '.join(TTA_MODES)})")
-        return s
 
     def passes_per_tile(self) -> int:
         """Network runs per tile: one per TTA transform (1, 4 for flip, 8 for d4)."""
@@ -231,19 +218,19 @@ class Predictor:
     ) -> TileGrid:
         """The tile grid an ``height x width`` image gets (``len(grid)`` = tiles per TTA pass)."""
         s = self.settings(tile=tile, overlap=overlap)
-        return make_grid(height, width, s.tile, s.overlap, self.info.stride)
+        return make_grid(height, width, s.tile, s.overlap, self.card.stride)
 
     def _prepare(self, pixels: np.ndarray) -> np.ndarray:
         """Raw ``h x w x C`` pixels with the model's channel count: uint8 stays uint8 (4x less to
         copy to a GPU), anything else becomes float32 in [0, 1]. Channels-first happens on the device."""
-        if pixels.shape[2] in (2, 4) and pixels.shape[2] != self.info.in_channels:
+        if pixels.shape[2] in (2, 4) and pixels.shape[2] != self.card.in_channels:
             pixels = pixels[..., :-1]  # an array's gray + alpha or RGBA: transparency is no input
-        x = adapt_channels(pixels, self.info.in_channels)
+        x = adapt_channels(pixels, self.card.in_channels)
         if x.dtype != np.uint8:
             x = image_to_float(x)
         return x
 
-    def _runner(self, tta: str) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
+    def _runner(self, tta: TTA) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
         """Batch of prepared tiles -> mean over TTA passes of the probabilities, on the device."""
         transforms = _tta_transforms(tta)
         device, mean, std = self._device(), self._mean, self._std
@@ -268,13 +255,13 @@ class Predictor:
     def _blocks(
         self, image: Image, s: Settings, on_tiles: Callable[[int], None] | None = None
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
+        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.card.stride)
         device = self._device()
         yield from iter_stitched(
             image,
             grid,
             self._runner(s.tta),
-            self.info.num_classes,
+            self.card.num_classes,
             blend=s.blend,
             batch_size=s.batch_size,
             prepare=self._prepare,
@@ -346,7 +333,7 @@ class Predictor:
         """Images with equal keys can share forward passes (:meth:`probs_together`): each fits one
         tile of the same shape and has the same pixel type. None when an image needs several tiles."""
         s = self.settings()
-        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.info.stride)
+        grid = make_grid(image.shape[0], image.shape[1], s.tile, s.overlap, self.card.stride)
         if len(grid) != 1:
             return None
         return BatchKey(grid.tile_h, grid.tile_w, image.dtype == np.uint8)
@@ -354,7 +341,7 @@ class Predictor:
     def pixels_per_pass(self) -> int:
         """Pixels in one forward pass of ``batch_size`` full (stride-rounded) tiles."""
         s = self.settings()
-        full = make_grid(s.tile, s.tile, s.tile, s.overlap, self.info.stride)
+        full = make_grid(s.tile, s.tile, s.tile, s.overlap, self.card.stride)
         return s.batch_size * full.tile_h * full.tile_w
 
     def images_per_pass(self, key: BatchKey) -> int:
@@ -400,7 +387,7 @@ class Predictor:
     ) -> np.ndarray:
         """``(K, H, W)`` float32 class probabilities (sums to 1 over K) for an ``H x W [x C]`` image."""
         image = _check_image(image)
-        out = np.empty((self.info.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
+        out = np.empty((self.card.num_classes, image.shape[0], image.shape[1]), dtype=np.float32)
         for row, col, block in self.iter_blocks(image, tile, overlap, blend, tta, copy=False):
             out[:, row : row + block.shape[1], col : col + block.shape[2]] = block
         return out
@@ -415,7 +402,7 @@ class Predictor:
     ) -> np.ndarray:
         """``(H, W)`` class indices: uint8 when the model has <= 256 classes, else int32."""
         image = _check_image(image)
-        out = np.empty(image.shape[:2], dtype=label_dtype(self.info.num_classes))
+        out = np.empty(image.shape[:2], dtype=label_dtype(self.card.num_classes))
         s = self.settings(tile=tile, overlap=overlap, blend=blend, tta=tta)
         labels = HostLabels(out)
         for row, col, block in self._blocks(image, s):

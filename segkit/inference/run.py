@@ -4,7 +4,8 @@ Decoding runs ahead of the model and encoding/writing runs behind it, each in ba
 so the model is never idle on I/O. Consecutive images that each fit one tile of the same shape
 share forward passes (as many as fit in ``batch_size`` full tiles), so small images fill them.
 A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
-sharded over processes (:mod:`segkit.inference.sharding`).
+sharded over processes (:mod:`segkit.inference.sharding`). Its options are one typed model,
+:class:`~segkit.inference.options.PredictOptions`, whose fields are also ``segkit predict``'s flags.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
 from segkit.inference.geo import GeoReference, read_georeference
+from segkit.inference.options import PredictOptions
 from segkit.inference.predictor import (
     BatchKey,
     Predictor,
@@ -30,8 +32,6 @@ from segkit.inference.sharding import run_sharded
 from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
-    OUTPUT_KINDS,
-    PROBS_DTYPES,
     OutputWriter,
     output_path,
     outputs_exist,
@@ -180,7 +180,7 @@ def run_items(
     Images with more than ``max_pixels`` pixels (default: the model's ``data.max_image_pixels``)
     fail with that reason.
     """
-    records, todo = _plan(items, output, save, predictor.info.num_classes, skip_existing)
+    records, todo = _plan(items, output, save, predictor.card.num_classes, skip_existing)
     workers = max(1, workers if workers is not None else default_workers())
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="segkit-write") as writers,
@@ -189,7 +189,7 @@ def run_items(
         for _ in range(len(items) - len(todo)):
             bar.image()
         run = _ImageRun(predictor, records, bar, writers, workers, save, probs_dtype)
-        run.predict(todo, max_pixels if max_pixels is not None else predictor.info.max_image_pixels)
+        run.predict(todo, max_pixels if max_pixels is not None else predictor.card.max_image_pixels)
     return [r for r in records if r is not None]
 
 
@@ -271,7 +271,7 @@ class _ImageRun:
 
     def _decoded(self, todo: list[tuple[int, InputImage, Path]], max_pixels: int) -> Iterator[_Job]:
         """The images in input order, decoded ahead by the readers; failures are recorded."""
-        in_channels = self.predictor.info.in_channels
+        in_channels = self.predictor.card.in_channels
         for (i, item, base), fut in read_ahead(
             todo,
             lambda job: (
@@ -327,7 +327,7 @@ class _ImageRun:
         h, w = job.image.shape[:2]
         try:
             writer = OutputWriter(
-                job.base, self.save, self.predictor.info, h, w, self.probs_dtype, geo=job.geo
+                job.base, self.save, self.predictor.card, h, w, self.probs_dtype, geo=job.geo
             ).__enter__()
             try:
                 for row, col, block in blocks:
@@ -373,10 +373,21 @@ class _ImageRun:
         self.bar.image()
 
 
+def _run_options(options: PredictOptions) -> dict[str, Any]:
+    """The keyword arguments of :func:`run_items` among the options."""
+    return {
+        "save": options.save,
+        "probs_dtype": options.probs_dtype,
+        "skip_existing": options.skip_existing,
+        "workers": options.workers,
+        "max_pixels": options.max_pixels,
+    }
+
+
 def _predict_shard(
     model: str,
-    options: dict[str, Any],
-    run_options: dict[str, Any],
+    options: PredictOptions,
+    progress: bool,
     items: list[InputImage],
     output: Path,
     device: str | None,
@@ -384,98 +395,61 @@ def _predict_shard(
     world: int,
 ) -> list[dict[str, Any]]:
     """One process's share of a ``devices > 1`` run (the ``job`` of :func:`run_sharded`)."""
-    predictor = Predictor.from_path(model, device, **options)
-    run_options = dict(run_options)
+    predictor = Predictor.from_path(model, device, **options.tiling(), **options.model_facts())
+    run_options = _run_options(options)
     if run_options["workers"] is None:  # the processes share the host's CPUs
         run_options["workers"] = max(2, default_workers() // world)
-    progress = run_options.pop("progress") and rank == 0
-    return run_items(predictor, items, output, progress=progress, **run_options)
+    return run_items(predictor, items, output, progress=progress and rank == 0, **run_options)
 
 
 def predict_source(
     model: str | Path | Predictor,
     source: str | Path,
     output: str | Path,
+    options: PredictOptions | None = None,
     *,
-    save: Sequence[str] = ("index",),
-    probs_dtype: str = "float16",
-    skip_existing: bool = False,
-    device: str | None = None,
-    devices: int = 1,
-    workers: int | None = None,
-    tile: int | None = None,
-    overlap: float | None = None,
-    blend: str | None = None,
-    tta: str | None = None,
-    batch_size: int | None = None,
-    classes: list[str] | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
     progress: bool = True,
-    max_pixels: int | None = None,
+    **values: Any,
 ) -> PredictSummary:
     """Predict every image of ``source`` (file, folder or glob) into ``output``; see the module doc.
 
-    Raises DataError when the source holds no images; per-image problems are in the summary's
-    ``failures`` and in ``output/manifest.jsonl``.
+    ``options``, or the :class:`PredictOptions` fields as keyword arguments (``save=["index"],
+    tile=512, ...``; a bad one is a ConfigError naming it). Raises DataError when the source holds
+    no images; per-image problems are in the summary's ``failures`` and in
+    ``output/manifest.jsonl``.
     """
     start = time.perf_counter()
     output = Path(output)
-    save = list(dict.fromkeys(save))
-    unknown = [s for s in save if s not in OUTPUT_KINDS]
-    if unknown or not save:
-        raise ConfigError(
-            f"--save {' '.join(unknown) or '(nothing)'}: choose from {', '.join(OUTPUT_KINDS)}"
-        )
-    if probs_dtype not in PROBS_DTYPES:
-        raise ConfigError(f"--probs-dtype {probs_dtype}: choose from {', '.join(PROBS_DTYPES)}")
-    if devices < 1:
-        raise ConfigError(f"--devices must be >= 1, got {devices}")
-    if max_pixels is not None and max_pixels < 1:
-        raise ConfigError(f"--max-pixels must be >= 1, got {max_pixels}")
+    if options is None:
+        options = PredictOptions.parse(**values)
+    elif values:
+        raise ConfigError(f"predict: give options or {', '.join(values)}, not both")
     items = find_inputs(source, exclude=output)
-    options: dict[str, Any] = {
-        "tile": tile,
-        "overlap": overlap,
-        "blend": blend,
-        "tta": tta,
-        "batch_size": batch_size,
-        "classes": classes,
-        "mean": mean,
-        "std": std,
-    }
-    run_options: dict[str, Any] = {
-        "save": save,
-        "probs_dtype": probs_dtype,
-        "skip_existing": skip_existing,
-        "workers": workers,
-        "progress": progress,
-        "max_pixels": max_pixels,
-    }
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot write {output}: {e.strerror or e}") from None
-    if devices > 1 and len(items) > 1:
+    device = options.device
+    if options.devices > 1 and len(items) > 1:
         if isinstance(model, Predictor):
             raise ConfigError(
                 "devices > 1 needs a model path (each process loads its own copy), not a Predictor"
             )
         if not Path(model).is_file():
             raise ModelError(f"{model}: model file not found")
-        job = partial(_predict_shard, str(model), options, run_options)
-        records = run_sharded(job, items, output, min(devices, len(items)), device)
+        job = partial(_predict_shard, str(model), options, progress)
+        records = run_sharded(job, items, output, min(options.devices, len(items)), device)
     else:
         if isinstance(model, Predictor):
-            if any(options[k] is not None for k in ("classes", "mean", "std")):
+            if options.model_facts():
                 raise ConfigError(
                     "classes/mean/std describe a model file; a Predictor already carries them"
                 )
-            predictor = model.with_options(
-                **{k: options[k] for k in ("tile", "overlap", "blend", "tta", "batch_size")}
-            )
+            predictor = model.with_options(**options.tiling())
         else:
-            predictor = Predictor.from_path(model, device, **options)
-        records = run_items(predictor, items, output, **run_options)
+            predictor = Predictor.from_path(
+                model, device, **options.tiling(), **options.model_facts()
+            )
+        records = run_items(predictor, items, output, progress=progress, **_run_options(options))
         write_manifest(output, records)
     return PredictSummary.from_records(output, records, time.perf_counter() - start)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from segkit.config import BLENDS
 from segkit.errors import ConfigError
 from segkit.inference.tiff_windows import TiffWindows
 
@@ -127,16 +126,15 @@ def extract_tile(image: np.ndarray | TiffWindows, y: int, x: int, h: int, w: int
 
 
 def _window_1d(n: int, kind: str) -> np.ndarray:
+    """``kind`` is one of BLENDS (validated with the options that carry it)."""
     if kind == "constant":
         return np.ones(n, dtype=np.float64)
     centres = np.arange(n) + 0.5
     if kind == "gaussian":
         sigma = max(GAUSSIAN_SIGMA * n, 1e-6)
         w = np.exp(-0.5 * ((centres - n / 2) / sigma) ** 2)
-    elif kind == "cosine":
+    else:  # cosine
         w = np.sin(np.pi * centres / n) ** 2
-    else:
-        raise ConfigError(f"unknown blend '{kind}' (allowed: {', '.join(BLENDS)})")
     return np.maximum(w / w.max(), _MIN_WEIGHT)
 
 

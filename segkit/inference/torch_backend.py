@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from segkit.bundle import Bundle, load_bundle
+from segkit.card import ModelCard
 from segkit.errors import ModelError
-from segkit.inference.backend import ModelInfo
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -70,29 +70,6 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def info_from_bundle(bundle: Bundle) -> ModelInfo:
-    """The inference facts of a bundle; the tile defaults to the training patch size."""
-    cfg = bundle.config
-    p = cfg.predict
-    return ModelInfo(
-        classes=bundle.classes,
-        colors=bundle.colors,
-        in_channels=bundle.in_channels,
-        mean=bundle.mean,
-        std=bundle.std,
-        stride=bundle.stride,
-        tile=p.tile if p.tile is not None else cfg.data.patch_size,
-        overlap=p.overlap,
-        blend=p.blend,
-        tta=p.tta,
-        batch_size=p.batch_size,
-        ignore_index=cfg.data.ignore_index,
-        temperature=bundle.temperature,
-        extra={"arch": cfg.model.arch, "encoder": cfg.model.encoder, "source": str(bundle.path)},
-        data=cfg.data,
-    )
-
-
 class TorchBackend:
     """Runs a torch model on normalised tiles and returns float32 softmax probabilities.
 
@@ -109,12 +86,12 @@ class TorchBackend:
         device: str | torch.device | None = None,
         *,
         model: nn.Module | None = None,
-        info: ModelInfo | None = None,
+        card: ModelCard | None = None,
     ) -> None:
-        if bundle is None and (model is None or info is None):
-            raise ValueError("TorchBackend needs a bundle, or both model= and info=")
+        if bundle is None and (model is None or card is None):
+            raise ValueError("TorchBackend needs a bundle, or both model= and card=")
         self.device = resolve_device(device)
-        self.info = info or info_from_bundle(bundle)  # type: ignore[arg-type]
+        self.card: ModelCard = card or bundle.card  # type: ignore[union-attr]
         cuda = self.device.type == "cuda"
         if model is None:
             model = bundle.build_model()  # type: ignore[union-attr]
@@ -136,9 +113,9 @@ class TorchBackend:
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         """``(N, C, h, w)`` float32 normalised tiles -> ``(N, K, h, w)`` float32 probabilities."""
-        if tiles.shape[1] != self.info.in_channels:
+        if tiles.shape[1] != self.card.in_channels:
             raise ModelError(
-                f"the model takes {self.info.in_channels} channels, got tiles with {tiles.shape[1]}"
+                f"the model takes {self.card.in_channels} channels, got tiles with {tiles.shape[1]}"
             )
         x = tiles.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         amp: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -149,7 +126,7 @@ class TorchBackend:
         # Back to plain NCHW, as the onnxruntime backend returns it: callers of either backend
         # (the tiler, MONAI in the benchmark) see one layout. It costs a copy (~7 ms per
         # 12 x 512² tile on a CPU) and saves the stitcher's strided adds (~3 ms).
-        return logits_to_probs(logits.float(), self.info.num_classes).contiguous()
+        return logits_to_probs(logits.float(), self.card.num_classes).contiguous()
 
 
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -12,22 +12,23 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
+from segkit.card import ModelCard
 from segkit.data.io import image_to_float
 from segkit.data.palette import palette_image
 from segkit.errors import DataError
-from segkit.inference.backend import ModelInfo
 from segkit.inference.geo import GeoReference, georeference, label_nodata, nodata_mask
 from segkit.inference.labels import HostLabels, label_dtype
+from segkit.inference.options import OutputKind, ProbsDtype
 from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.utils import atomic_path, temporary_target
 
-OUTPUT_KINDS = ("index", "color", "overlay", "probs", *UNCERTAINTY_MAPS)
-PROBS_DTYPES = ("float16", "uint8")
+OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
+PROBS_DTYPES: tuple[str, ...] = get_args(ProbsDtype)
 PNG_MAX_SIDE = 65535
 """Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
 PYRAMID_MIN_PIXELS = 4096 * 4096
@@ -146,7 +147,7 @@ class OutputWriter:
         self,
         base: Path,
         save: Iterable[str],
-        info: ModelInfo,
+        info: ModelCard,
         height: int,
         width: int,
         probs_dtype: str = "float16",

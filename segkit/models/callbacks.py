@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 from PIL import Image
 
+from segkit.card import CARD_KEY, ModelCard
 from segkit.utils import atomic_path
 
 IGNORE_COLOR = (128, 128, 128)
@@ -116,10 +117,8 @@ class ValidationPreview(L.Callback):
         samples, self._samples = self._samples, []
         if not samples or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        hp = pl_module.hparams
-        grid = preview_grid(
-            samples, np.asarray(hp["colors"], np.uint8), hp["mean"], hp["std"], self.ignore_index
-        )
+        card = ModelCard.model_validate(pl_module.hparams[CARD_KEY])
+        grid = preview_grid(samples, card.color_table, card.mean, card.std, self.ignore_index)
         path = (
             Path(trainer.default_root_dir) / "previews" / f"epoch_{trainer.current_epoch:03d}.png"
         )

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, Timer, WeightAveraging
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
-from segkit.card import bundle_hparams
+from segkit.card import CARD_KEY, ModelCard, is_legacy, validate_card
 from segkit.config import SegkitConfig, load_config
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
@@ -83,20 +83,30 @@ class SegmentationModule(L.LightningModule):
 
     Batches are dicts ``{"image": (N, C, H, W) float, "mask": (N, H, W) int64, ...}``; ``forward``
     returns logits ``(N, K, H, W)``. ``config`` is a SegkitConfig or its dict; ``pretrained=False``
-    skips ``model.encoder_weights``; other keyword arguments are the stored bundle facts
-    Lightning passes back in ``load_from_checkpoint`` (ignored: the config holds them all).
+    skips ``model.encoder_weights``; ``model_card`` is the stored card Lightning passes back in
+    ``load_from_checkpoint`` (its config is used when ``config`` is not given).
     """
 
     def __init__(
-        self, config: dict[str, Any] | SegkitConfig, pretrained: bool | None = None, **stored: Any
+        self,
+        config: dict[str, Any] | SegkitConfig | None = None,
+        pretrained: bool | None = None,
+        **stored: Any,
     ) -> None:
         super().__init__()
+        restored: ModelCard | None = None  # re-created from a checkpoint: its card, with what
+        if config is None and isinstance(stored.get(CARD_KEY), dict):  # was decided after training
+            restored = validate_card(stored[CARD_KEY])
+            config = restored.config
         self.config = load_config(config)
         # Weights that a checkpoint will overwrite (re-created from one, or resuming) are not
         # downloaded or read: ``pretrained=None`` means "unless re-created from a checkpoint".
-        self._pretrained = "bundle_format" not in stored if pretrained is None else pretrained
+        self._pretrained = (
+            not (CARD_KEY in stored or is_legacy(stored)) if pretrained is None else pretrained
+        )
         self.configure_models()
-        self.save_hyperparameters(bundle_hparams(self.config, model_stride(self.model)))
+        self.card = restored or ModelCard.from_config(self.config, model_stride(self.model))
+        self.save_hyperparameters({CARD_KEY: self.card.to_dict()})
         self.configure_losses()
         self.configure_metrics()
         self.last_val_metrics: SegmentationMetrics | None = None
@@ -194,7 +204,7 @@ class SegmentationModule(L.LightningModule):
         """Log dataset-level metrics from the confusion matrix reduced over all processes."""
         matrix = self.val_confusion.compute()  # torchmetrics sums the state across DDP ranks here
         self.val_confusion.reset()
-        metrics = SegmentationMetrics(matrix.cpu().numpy(), list(self.hparams["classes"]))
+        metrics = SegmentationMetrics(matrix.cpu().numpy(), self.card.classes)
         self.last_val_metrics = metrics
         # Identical on every rank (the matrix is already reduced); sync_dist only keeps Lightning's
         # epoch-level bookkeeping uniform across processes.

@@ -48,7 +48,7 @@ def test_fitted_temperature_is_in_the_checkpoint_and_lowers_ece(calibrated, pair
     path, temperature, before = calibrated
     assert temperature > 1
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["hyper_parameters"]["temperature"] == pytest.approx(temperature)
+    assert raw["hyper_parameters"]["model_card"]["temperature"] == pytest.approx(temperature)
     assert before.calibration["temperature"] == 1.0  # before the fit: no scaling
     assert before.calibration["ece_before"] == before.calibration["ece_after"]
     metrics = evaluate_pairs(path, pairs, device="cpu", json_path=tmp_path / "m.json")
@@ -76,7 +76,8 @@ def test_temperature_is_in_the_onnx_metadata_and_applied(calibrated, pairs, tmp_
     path, temperature, _ = calibrated
     onnx_path = tmp_path / "over.onnx"
     export_onnx(path, onnx_path)
-    assert float(read_onnx_metadata(onnx_path)["temperature"]) == pytest.approx(temperature)
+    card = json.loads(read_onnx_metadata(onnx_path)["segkit.model_card"])
+    assert card["temperature"] == pytest.approx(temperature)
     onnx_pred = Predictor.from_path(onnx_path, device="cpu")
     assert onnx_pred.temperature == pytest.approx(temperature)
     image = np.asarray(Image.open(pairs[1][0]))
@@ -91,7 +92,9 @@ def test_a_bad_stored_temperature_is_one_clear_error(trained_bundle, tmp_path):
     from segkit.errors import ModelError
 
     raw = torch.load(trained_bundle, map_location="cpu", weights_only=True)
-    raw["hyper_parameters"]["temperature"] = -1.0
+    raw["hyper_parameters"]["model_card"]["temperature"] = -1.0
     torch.save(raw, tmp_path / "bad.ckpt")
-    with pytest.raises(ModelError, match="bad.ckpt: stored temperature -1.0"):
+    with pytest.raises(
+        ModelError, match="bad.ckpt: the model card is not valid at temperature: .*greater than 0"
+    ):
         load_bundle(tmp_path / "bad.ckpt")

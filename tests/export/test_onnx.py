@@ -16,7 +16,7 @@ import torch
 from segkit.bundle import load_bundle
 from segkit.config import load_config
 from segkit.errors import ConfigError, ModelError
-from segkit.export import export_onnx, onnx_model_info, read_onnx_metadata
+from segkit.export import export_onnx, onnx_card, read_onnx_metadata
 from segkit.inference.onnx_backend import OnnxBackend
 from tests.export.conftest import CLASSES, synthetic_batch
 
@@ -27,8 +27,8 @@ def _predictor() -> type:
 
 
 def _normalised(images: torch.Tensor, bundle) -> torch.Tensor:
-    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
-    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
+    mean = torch.tensor(bundle.card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(bundle.card.std).view(1, -1, 1, 1)
     return (images - mean) / std
 
 
@@ -60,36 +60,28 @@ def test_trained_fixture_is_meaningful(trained_bundle):
     assert (pred == labels).float().mean() > 0.65  # a constant guess gets < 0.4
 
 
-def test_metadata_round_trip(trained_bundle, exported):
+def test_metadata_holds_the_checkpoints_card(trained_bundle, exported):
+    """One JSON entry, equal to the checkpoint's hyper_parameters["model_card"]; the graph's own
+    facts in a second; nothing else."""
     path, _ = exported
-    bundle = load_bundle(trained_bundle)
     meta = read_onnx_metadata(path)
-    assert json.loads(meta["classes"]) == CLASSES
-    assert json.loads(meta["colors"]) == bundle.colors.tolist()
-    assert json.loads(meta["colors"])[1] == [200, 0, 0]  # the palette survives
-    assert json.loads(meta["mean"]) == bundle.mean and json.loads(meta["std"]) == bundle.std
-    assert meta["head"] == "logits" and meta["normalize_in_graph"] == "false"
-    assert meta["source_sha256"] == hashlib.sha256(trained_bundle.read_bytes()).hexdigest()
-    assert load_config(json.loads(meta["config"])) == bundle.config
-    assert meta["segkit_version"] and meta["bundle_format"] == str(bundle.hparams["bundle_format"])
+    assert sorted(meta) == ["segkit.export", "segkit.model_card"]
+    stored = torch.load(trained_bundle, map_location="cpu", weights_only=True)
+    assert stored["hyper_parameters"] == {"model_card": json.loads(meta["segkit.model_card"])}
+    graph = json.loads(meta["segkit.export"])
+    assert graph["head"] == "logits" and graph["normalize_in_graph"] is False
+    assert graph["source_sha256"] == hashlib.sha256(trained_bundle.read_bytes()).hexdigest()
 
-    info = onnx_model_info(path)
-    assert info.classes == bundle.classes
-    np.testing.assert_array_equal(info.colors, bundle.colors)
-    assert (info.in_channels, info.mean, info.std, info.stride) == (3, bundle.mean, bundle.std, 8)
+    bundle = load_bundle(trained_bundle)
+    card = onnx_card(path)
+    assert card == bundle.card and card.data == bundle.config.data  # evaluate's masks, pixel limit
+    assert card.classes == CLASSES and card.colors[1] == (200, 0, 0)  # the palette survives
+    assert load_config(card.config) == bundle.config
     # Recommended predict defaults: tile falls back to data.patch_size when predict.tile is null.
-    assert (info.tile, info.overlap, info.blend, info.tta, info.batch_size) == (
-        64,
-        0.25,
-        "cosine",
-        "none",
-        4,
-    )
-    assert info.ignore_index == 255
-    assert info.data == bundle.config.data  # how `segkit evaluate` reads masks, the pixel limit
-    assert onnx_model_info(meta).classes == CLASSES  # the metadata dict alone is enough
-    # predict.batch_size: null is exported empty and leaves the choice to the device
-    assert onnx_model_info({**meta, "batch_size": ""}).batch_size is None
+    p = card.predict
+    assert (p.tile, p.overlap, p.blend, p.tta, p.batch_size) == (64, 0.25, "cosine", "none", 4)
+    assert (card.stride, card.in_channels, card.ignore_index) == (8, 3, 255)
+    assert onnx_card(meta) == card  # the metadata dict alone is enough
 
 
 def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
@@ -97,7 +89,7 @@ def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
     from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 
     p = _predictor().from_path(exported[0], device="cpu")
-    p.info.batch_size = None  # the model recommends none
+    p.card = p.card.updated(predict={"batch_size": None})  # the model recommends none
     assert p.backend.network_device.type == "cpu"
     assert p.settings().batch_size == CPU_BATCH_SIZE
     p.backend.network_device = torch.device("cuda")  # what a CUDAExecutionProvider session sets
@@ -156,9 +148,9 @@ def test_heads_give_the_default_masks(
     out = tmp_path / "variant.onnx"
     diff = export_onnx(trained_bundle, out, **options)
     assert diff <= 1e-3
-    meta = read_onnx_metadata(out)
-    assert meta["head"] == options["head"]
-    assert meta["normalize_in_graph"] == json.dumps(options.get("normalize_in_graph", False))
+    graph = json.loads(read_onnx_metadata(out)["segkit.export"])
+    assert graph["head"] == options["head"]
+    assert graph["normalize_in_graph"] == options.get("normalize_in_graph", False)
     reference = Predictor.from_path(exported[0], device="cpu", **tiling).predict(test_image)
     variant = Predictor.from_path(out, device="cpu", **tiling).predict(test_image)
     assert (variant == reference).mean() >= 0.999
@@ -193,7 +185,7 @@ def test_static_backend_pads_small_tiles_and_chunks_batches(trained_bundle, expo
     export_onnx(trained_bundle, out, dynamic=False)
     static = OnnxBackend.from_path(out, device="cpu")
     dynamic = OnnxBackend.from_path(exported[0], device="cpu")
-    assert static.info.tile == 64 and static.info.batch_size == 1
+    assert static.card.tile == 64 and static.card.predict.batch_size == 1
     tiles = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(static(tiles), dynamic(tiles), atol=1e-5, rtol=1e-4)
     small = static(tiles[:, :, :32, :48])
@@ -252,22 +244,23 @@ def test_foreign_onnx_names_what_is_missing(foreign_onnx):
         ModelError,
         match=r"foreign\.onnx: no segkit metadata for classes, mean, std \(not a segkit export",
     ) as e:
-        onnx_model_info(path)
+        onnx_card(path)
     assert "in_channels" not in str(e.value).split("supply")[0]  # read from the input shape
     with pytest.raises(ModelError, match=r"foreign\.onnx: no segkit metadata for mean, std"):
         OnnxBackend.from_path(path, classes=["a", "b"])
     with pytest.raises(ModelError, match="outputs 2 channels but 3 classes"):
         OnnxBackend.from_path(path, classes=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3)
     with pytest.raises(ModelError, match="mean has 1 values but the model takes 3 channels"):
-        onnx_model_info(path, classes=["a", "b"], mean=[0.5], std=[0.25] * 3)
+        onnx_card(path, classes=["a", "b"], mean=[0.5], std=[0.25] * 3)
 
 
 def test_foreign_onnx_works_with_supplied_facts(foreign_onnx):
     Predictor = _predictor()
     path, conv = foreign_onnx
     facts = {"classes": ["bg", "fg"], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    info = onnx_model_info(path, **facts)
-    assert (info.in_channels, info.stride, info.num_classes) == (3, 32, 2)
+    card = onnx_card(path, **facts)
+    assert (card.in_channels, card.stride, card.num_classes, card.tile) == (3, 32, 2, 512)
+    assert card.config is None and card.data is None and card.architecture is None
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = Predictor.from_path(path, device="cpu", tile=64, **facts).predict(image)
     x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
@@ -280,7 +273,7 @@ def test_truncated_onnx_is_a_model_error(exported, tmp_path):
     Predictor = _predictor()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(exported[0].read_bytes()[:4000])
-    for call in (read_onnx_metadata, onnx_model_info, OnnxBackend.from_path, Predictor.from_path):
+    for call in (read_onnx_metadata, onnx_card, OnnxBackend.from_path, Predictor.from_path):
         with pytest.raises(
             ModelError, match=r"broken\.onnx: not a readable ONNX model \(truncated or corrupt\?\)"
         ):
@@ -321,7 +314,7 @@ def test_cli_export(trained_bundle, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     assert main(["export", str(trained_bundle), "--output", str(out), "--head", "probs"]) == 0
     assert "max abs difference" in capsys.readouterr().out
-    assert read_onnx_metadata(out)["head"] == "probs"
+    assert json.loads(read_onnx_metadata(out)["segkit.export"])["head"] == "probs"
     failed = tmp_path / "failed.onnx"
     assert (
         main(["export", str(trained_bundle), "--output", str(failed), "--tolerance", "-1"]) == 2
@@ -345,7 +338,7 @@ def test_dynamo_exporter_is_the_fallback(trained_bundle, tmp_path, monkeypatch):
     out = tmp_path / "dynamo.onnx"
     assert export_onnx(trained_bundle, out) <= 1e-3  # verified at both shapes: still dynamic
     assert calls == [False, True]
-    assert json.loads(read_onnx_metadata(out)["classes"]) == CLASSES
+    assert onnx_card(out).classes == CLASSES
 
 
 def test_export_failure_names_both_exporters(trained_bundle, tmp_path, monkeypatch):
@@ -361,23 +354,82 @@ def test_export_failure_names_both_exporters(trained_bundle, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_broken_stored_config_warns_in_predict_and_stops_evaluate(exported, tmp_path):
-    """The network runs without the training config (default data settings, a warning); evaluate
-    needs it to read the masks, so there it is an error naming the file."""
-    import onnx
+def _with_metadata(source: Path, out: Path, meta: dict[str, str]) -> Path:
+    proto = onnx.load(str(source))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(out))
+    return out
 
-    from segkit.errors import ModelError
-    from segkit.evaluation import model_data_config
-    from segkit.inference.onnx_backend import OnnxBackend
 
-    proto = onnx.load(str(exported[0]))
-    for prop in proto.metadata_props:
-        if prop.key == "config":
-            prop.value = json.dumps({"data": {"classes": ["a"], "new_key_of_a_later_release": 1}})
-    broken = tmp_path / "broken.onnx"
-    onnx.save(proto, str(broken))
-    with pytest.warns(UserWarning, match="the stored training config is not valid"):
-        backend = OnnxBackend.from_path(broken, device="cpu")
-    assert backend.info.data is None and backend.info.max_image_pixels == 1_000_000_000
-    with pytest.raises(ModelError, match=r"broken\.onnx: the stored training config is not valid"):
-        model_data_config(broken, _predictor()(backend))
+def test_a_broken_card_is_one_error_naming_the_file(exported, tmp_path):
+    """The card is validated once, as a whole: a stored config whose data section this segkit
+    cannot read makes the file unusable for predict and evaluate alike, with one line."""
+    from segkit.evaluation import scoring_predictor
+
+    card = json.loads(read_onnx_metadata(exported[0])["segkit.model_card"])
+    card["config"]["data"]["new_key_of_a_later_release"] = 1
+    meta = {**read_onnx_metadata(exported[0]), "segkit.model_card": json.dumps(card)}
+    broken = _with_metadata(exported[0], tmp_path / "broken.onnx", meta)
+    message = (
+        r"broken\.onnx: the model card is not valid: "
+        r"config\.data\.new_key_of_a_later_release: Extra inputs are not permitted"
+    )
+    with pytest.raises(ModelError, match=message):
+        OnnxBackend.from_path(broken, device="cpu")
+    with pytest.raises(ModelError, match=message):
+        scoring_predictor(broken, device="cpu")  # evaluate's
+    with pytest.raises(ModelError, match=r"broken\.onnx: metadata 'segkit.model_card' is not JSON"):
+        onnx_card({"segkit.model_card": "{oops"}, name=broken)
+
+
+def test_supplied_facts_do_not_override_a_card(exported):
+    with pytest.raises(ModelError, match="classes only apply to an ONNX file without segkit"):
+        OnnxBackend.from_path(exported[0], classes=["a", "b", "c"])
+
+
+def _legacy_metadata(card: dict, **graph: str) -> dict[str, str]:
+    """The metadata_props an older segkit (bundle format 1) wrote: one text value per fact."""
+    p = card["predict"]
+    return {
+        "segkit_version": "0.9.0",
+        "bundle_format": "1",
+        "classes": json.dumps(card["classes"]),
+        "colors": json.dumps(card["colors"]),
+        "in_channels": str(card["in_channels"]),
+        "mean": json.dumps(card["mean"]),
+        "std": json.dumps(card["std"]),
+        "stride": str(card["stride"]),
+        "tile": str(p["tile"]),
+        "overlap": str(p["overlap"]),
+        "blend": p["blend"],
+        "tta": p["tta"],
+        "batch_size": str(p["batch_size"] or ""),
+        "ignore_index": str(card["ignore_index"]),
+        "temperature": "1.5",
+        "fp16": "false",
+        "dynamic": "true",
+        "config": json.dumps(card["config"]),
+        **graph,
+    }
+
+
+def test_an_older_segkits_export_is_read_through_the_converter(trained_bundle, tmp_path):
+    """Exports of segkit before the card: each fact its own key, converted to the same card."""
+    Predictor = _predictor()
+    labels = tmp_path / "labels.onnx"
+    export_onnx(trained_bundle, labels, head="labels", normalize_in_graph=True)
+    card = load_bundle(trained_bundle).card
+    meta = _legacy_metadata(card.to_dict(), head="labels", normalize_in_graph="true")
+    old = _with_metadata(labels, tmp_path / "old.onnx", meta)
+    backend = OnnxBackend.from_path(old, device="cpu")
+    assert backend.card == card.updated(temperature=1.5)
+    assert (backend.head, backend.normalize_in_graph) == ("labels", True)
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        Predictor(backend).predict(image), Predictor.from_path(labels, device="cpu").predict(image)
+    )
+    no_config = {k: v for k, v in meta.items() if k != "config"}
+    with pytest.raises(ModelError, match=r"old\.onnx: .*without its training config; re-export"):
+        onnx_card(no_config, name=old)

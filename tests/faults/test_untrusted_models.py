@@ -118,7 +118,7 @@ def test_foreign_checkpoints_are_named(tmp_path, image_dir, capsys):
     listed = tmp_path / "list.ckpt"
     torch.save([1, 2, 3], listed)
     for path, problem in (
-        (plain, "not a segkit checkpoint (no hyper_parameters.config"),
+        (plain, "not a segkit checkpoint (no hyper_parameters.model_card"),
         (listed, "top level is list"),
     ):
         assert main(["predict", str(path), str(image_dir), "--output", str(tmp_path / "out")]) == 2

@@ -9,23 +9,25 @@ import pytest
 import torch
 
 from segkit.bundle import save_bundle
-from segkit.config import load_config
+from segkit.card import ModelCard
+from segkit.config import PredictConfig, load_config
 from segkit.data.palette import default_colors
-from segkit.inference.backend import ModelInfo
 from segkit.models.build import build_model
 from tests.conftest import TINY_MODEL
 
 CLASSES = ["background", "red", "green", "blue"]
 
 
-def model_info(classes: int, in_channels: int = 3) -> ModelInfo:
-    """Facts of a model with ``classes`` classes named c0, c1, ..., identity-like normalisation."""
-    return ModelInfo(
+def model_card(classes: int, in_channels: int = 3) -> ModelCard:
+    """The card of a model with ``classes`` classes named c0, c1, ..., identity-like
+    normalisation, no training config (as a foreign ONNX file's)."""
+    return ModelCard(
         classes=[f"c{i}" for i in range(classes)],
-        colors=default_colors(classes),
+        colors=default_colors(classes).tolist(),
         in_channels=in_channels,
         mean=[0.5] * in_channels,
         std=[0.25] * in_channels,
+        predict=PredictConfig(tile=512),
     )
 
 
@@ -149,7 +151,7 @@ class CountingBackend:
     """Wraps a backend and records the batch size of every forward pass."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.info, self.device = inner, inner.info, inner.device
+        self.inner, self.card, self.device = inner, inner.card, inner.device
         self.batches: list[int] = []
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:

@@ -33,26 +33,44 @@ def predictor(bundle_path) -> Predictor:
 def whole_image_probs(p: Predictor, image: np.ndarray) -> np.ndarray:
     """The model run once on the whole image, reflect-padded to the stride: the reference."""
     h, w = image.shape[:2]
-    s = p.info.stride
+    s = p.card.stride
     padded = np.pad(image, ((0, -h % s), (0, -w % s), (0, 0)), mode="reflect")
     x = p._prepare(padded).transpose(2, 0, 1)[None]
     probs = p._runner("none")(x)[0].cpu().numpy()
     return probs[:, :h, :w]
 
 
-def test_info_comes_from_the_bundle(predictor):
-    info = predictor.info
-    assert info.classes == CLASSES and info.in_channels == 3 and info.stride == 8
-    assert info.tile == 64 and info.batch_size == 4 and info.blend == "gaussian"
+def test_card_comes_from_the_bundle(predictor):
+    card = predictor.card
+    assert card.classes == CLASSES and card.in_channels == 3 and card.stride == 8
+    assert card.tile == 64 and card.predict.batch_size == 4 and card.predict.blend == "gaussian"
     assert predictor.settings().tile == 64
     assert predictor.settings(tile=128).tile == 128
+
+
+def test_predictor_is_built_from_the_card_alone(bundle_path):
+    """What the predictor knows of the model is its backend's card: the same network under
+    another card tiles, blends, augments, normalises and scales as that card says."""
+    from segkit.bundle import load_bundle
+    from segkit.inference.torch_backend import TorchBackend
+
+    bundle = load_bundle(bundle_path)
+    predict = {"tile": 32, "overlap": 0.5, "blend": "cosine", "tta": "flip", "batch_size": 3}
+    card = bundle.card.updated(predict=predict, temperature=2.0, mean=[0.4] * 3)
+    p = Predictor(TorchBackend(model=bundle.build_model(), card=card, device="cpu"))
+    s = p.settings()
+    assert (s.tile, s.overlap, s.blend, s.tta, s.batch_size) == tuple(predict.values())
+    assert p.temperature == 2.0 and p.passes_per_tile() == 4
+    assert len(p.grid(64, 64)) == len(make_grid(64, 64, 32, 0.5, card.stride)) == 9
+    assert torch.equal(p._mean.flatten(), torch.full((3,), 0.4))
+    assert card.config["predict"]["tta"] == "flip"  # the stored config follows the card
 
 
 def test_batch_size_comes_from_the_call_then_the_model_then_the_device(predictor, gray_bundle_path):
     assert predictor.settings().batch_size == 4  # the bundle's predict.batch_size
     assert predictor.settings(batch_size=16).batch_size == 16
     unset = Predictor.from_path(gray_bundle_path, device="cpu")  # predict.batch_size: null
-    assert unset.info.batch_size is None
+    assert unset.card.predict.batch_size is None
     assert unset.settings().batch_size == CPU_BATCH_SIZE
     assert default_batch_size(torch.device("cuda")) == GPU_BATCH_SIZE > CPU_BATCH_SIZE
 
@@ -93,7 +111,7 @@ def test_iter_blocks_yields_blocks_the_caller_may_keep(predictor, monkeypatch, a
     image = shapes_image(150, 130, seed=2)
     blocks = list(predictor.iter_blocks(image, tile=64, overlap=0.25, as_tensor=as_tensor))
     assert len({r for r, _, _ in blocks}) > 2 and len({c for _, c, _ in blocks}) > 1
-    out = np.full((predictor.info.num_classes, 150, 130), np.nan, np.float32)
+    out = np.full((predictor.card.num_classes, 150, 130), np.nan, np.float32)
     for row, col, block in blocks:
         out[:, row : row + block.shape[1], col : col + block.shape[2]] = np.asarray(block)
     np.testing.assert_allclose(out, predictor.predict_proba(image, tile=64, overlap=0.25))
@@ -132,7 +150,7 @@ def test_overlapping_tiles_agree_with_the_whole_image(trained, blend):
     assert differ.mean() <= 1e-3, f"{differ.mean():.4%} of pixels differ"
     # Disagreement must not sit on the tile seams: pixels within 4 px of a tile edge disagree no
     # more often than 1% of them (a stitching bug would mis-label whole seam lines).
-    grid = make_grid(*image.shape[:2], tile, overlap, predictor.info.stride)
+    grid = make_grid(*image.shape[:2], tile, overlap, predictor.card.stride)
     seam = np.zeros(image.shape[:2], bool)
     for y in grid.ys:
         for edge in (y, y + grid.tile_h):
@@ -224,10 +242,12 @@ def test_tta_commutes_with_tiling(trained):
 
 
 def test_bad_options_and_files(predictor, tmp_path):
-    with pytest.raises(ConfigError, match="unknown blend 'box'"):
+    with pytest.raises(ConfigError, match="--blend 'box': Input should be 'constant'"):
         predictor.predict(np.zeros((8, 8, 3), np.uint8), blend="box")
-    with pytest.raises(ConfigError, match="unknown tta"):
+    with pytest.raises(ConfigError, match="--tta 'rot': Input should be 'none', 'hflip', 'flip' or 'd4'"):
         predictor.predict(np.zeros((8, 8, 3), np.uint8), tta="rot")
+    with pytest.raises(ConfigError, match="--blend 'box'"):
+        Predictor(predictor.backend, blend="box")
     with pytest.raises(ModelError, match="not found"):
         Predictor.from_path(tmp_path / "missing.ckpt")
     bad = tmp_path / "bad.ckpt"
@@ -304,8 +324,8 @@ def test_same_tile_positions_as_monai_give_the_same_probabilities(predictor, ble
     image = shapes_image(128, 160, seed=9)
     ours = predictor.predict_proba(image, tile=64, overlap=0.5, blend=blend)
     x = torch.from_numpy(predictor._prepare(image).transpose(2, 0, 1)[None]).float() / 255
-    mean = torch.tensor(predictor.info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(predictor.info.std).view(1, -1, 1, 1)
+    mean = torch.tensor(predictor.card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(predictor.card.std).view(1, -1, 1, 1)
     with torch.inference_mode():
         theirs = monai.sliding_window_inference(
             (x - mean) / std,

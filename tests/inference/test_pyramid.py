@@ -11,7 +11,7 @@ from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
 from segkit.inference.writers import outputs_exist, pyramid_levels
 
-from .conftest import model_info
+from .conftest import model_card
 
 
 class ThresholdBackend:
@@ -19,7 +19,7 @@ class ThresholdBackend:
     to predict 8192 x 8192 pixels in seconds on a CPU."""
 
     device = torch.device("cpu")
-    info = model_info(2, in_channels=1)
+    card = model_card(2, in_channels=1)
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         p = torch.sigmoid(tiles[:, :1] * 4)

@@ -182,7 +182,7 @@ def test_onnx_model_gives_the_same_masks(bundle_path, folder, tmp_path):
         Predictor.from_path(bundle_path, device="cpu"),
         Predictor.from_path(onnx_path, device="cpu"),
     )
-    assert onnx_p.info.classes == torch_p.info.classes and onnx_p.info.stride == torch_p.info.stride
+    assert onnx_p.card.classes == torch_p.card.classes and onnx_p.card.stride == torch_p.card.stride
     np.testing.assert_allclose(onnx_p.predict_proba(image), torch_p.predict_proba(image), atol=1e-4)
     summary = predict_source(onnx_path, folder / "a.png", tmp_path / "out", progress=False)
     assert summary.ok == 1
@@ -312,7 +312,7 @@ def test_the_pixel_limit_is_the_models_and_can_be_set(tmp_path, folder, capsys):
     strict = make_bundle(tmp_path / "strict.ckpt", data={"max_image_pixels": 2000})
     onnx_path = tmp_path / "strict.onnx"
     export_onnx(strict, onnx_path)
-    assert Predictor.from_path(onnx_path).info.max_image_pixels == 2000
+    assert Predictor.from_path(onnx_path).card.max_image_pixels == 2000
     image = folder / "a.png"
     for model in (strict, onnx_path):
         summary = predict_source(model, image, tmp_path / f"out_{model.suffix}", progress=False)

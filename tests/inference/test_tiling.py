@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from segkit.config import BLENDS
 from segkit.errors import ConfigError
 from segkit.inference.tiling import (
-    BLENDS,
     BlockStitcher,
     blend_window,
     extract_tile,

@@ -12,7 +12,7 @@ from segkit.errors import ModelError
 from segkit.inference.predictor import Predictor
 from segkit.inference.torch_backend import TorchBackend, fold_batch_norms
 
-from .conftest import model_info
+from .conftest import model_card
 
 
 def _conv(out_channels: int) -> nn.Module:
@@ -22,7 +22,7 @@ def _conv(out_channels: int) -> nn.Module:
 
 def test_a_single_logit_binary_head_gives_background_and_foreground_probabilities():
     model = _conv(1)
-    backend = TorchBackend(model=model, info=model_info(2), device="cpu")
+    backend = TorchBackend(model=model, card=model_card(2), device="cpu")
     tiles = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     probs = backend(tiles)
     with torch.no_grad():
@@ -36,13 +36,13 @@ def test_a_single_logit_binary_head_gives_background_and_foreground_probabilitie
 
 @pytest.mark.parametrize(("out_channels", "classes"), [(3, 2), (1, 3)])
 def test_a_head_that_does_not_match_the_classes_is_a_clear_error(out_channels, classes):
-    backend = TorchBackend(model=_conv(out_channels), info=model_info(classes), device="cpu")
+    backend = TorchBackend(model=_conv(out_channels), card=model_card(classes), device="cpu")
     with pytest.raises(ModelError, match=f"outputs {out_channels} channels but has {classes}"):
         backend(torch.zeros(1, 3, 32, 32))
 
 
 def test_tiles_with_the_wrong_channel_count_are_a_clear_error():
-    backend = TorchBackend(model=_conv(2), info=model_info(2), device="cpu")
+    backend = TorchBackend(model=_conv(2), card=model_card(2), device="cpu")
     with pytest.raises(ModelError, match="takes 3 channels, got tiles with 1"):
         backend(torch.zeros(1, 1, 32, 32))
 

@@ -14,7 +14,7 @@ from segkit.inference.run import predict_source
 from segkit.inference.uncertainty import apply_temperature, max_probability, normalised_entropy
 from segkit.inference.writers import OutputWriter
 
-from .conftest import model_info, shapes_image
+from .conftest import model_card, shapes_image
 
 
 class PixelBackend:
@@ -24,7 +24,7 @@ class PixelBackend:
     device = torch.device("cpu")
 
     def __init__(self, classes: int = 3, uniform: bool = False) -> None:
-        self.info = model_info(classes)
+        self.card = model_card(classes)
         self.uniform = uniform
         self.weight = torch.linspace(-2, 2, classes * 3).view(classes, 3)
 
@@ -94,7 +94,7 @@ def test_tiled_maps_equal_the_whole_image_where_tiling_is_exact(tmp_path):
     for tile in (32, 256):  # many overlapping tiles vs one tile
         predictor = Predictor(PixelBackend(), tile=tile, overlap=0.5, blend="gaussian")
         with OutputWriter(
-            tmp_path / f"t{tile}", ["entropy", "confidence"], predictor.info, 96, 160
+            tmp_path / f"t{tile}", ["entropy", "confidence"], predictor.card, 96, 160
         ) as writer:
             for row, col, block in predictor.iter_blocks(image):
                 writer.add_block(row, col, block)
@@ -106,7 +106,7 @@ def test_tiled_maps_equal_the_whole_image_where_tiling_is_exact(tmp_path):
 
 def test_uniform_probabilities_give_entropy_one(tmp_path):
     predictor = Predictor(PixelBackend(classes=5, uniform=True), tile=32, overlap=0.25)
-    with OutputWriter(tmp_path / "u", ["entropy", "confidence"], predictor.info, 50, 70) as w:
+    with OutputWriter(tmp_path / "u", ["entropy", "confidence"], predictor.card, 50, 70) as w:
         for row, col, block in predictor.iter_blocks(shapes_image(50, 70, seed=6)):
             w.add_block(row, col, block)
         paths = w.commit()
@@ -115,7 +115,7 @@ def test_uniform_probabilities_give_entropy_one(tmp_path):
 
 
 def test_an_aborted_image_leaves_no_map(tmp_path):
-    info = model_info(3)
+    info = model_card(3)
     with pytest.raises(RuntimeError), OutputWriter(tmp_path / "x", ["entropy"], info, 8, 8) as w:
         w.add_block(0, 0, np.full((3, 8, 8), 1 / 3, np.float32))
         raise RuntimeError("killed")

@@ -21,7 +21,7 @@ from segkit.inference.writers import (
     write_manifest,
 )
 
-from .conftest import model_info
+from .conftest import model_card
 
 
 def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +41,7 @@ def write_all(
 ):
     probs = random_probs(k, h, w)
     image = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    with OutputWriter(tmp_path / "sub" / "img", save, model_info(k), h, w, probs_dtype) as writer:
+    with OutputWriter(tmp_path / "sub" / "img", save, model_card(k), h, w, probs_dtype) as writer:
         for top, bottom in zip((0, *bands), bands, strict=False):
             for left, right in zip((0, *cols), cols, strict=False):  # blocks, row-major
                 writer.add_block(top, left, probs[:, top:bottom, left:right])
@@ -56,7 +56,7 @@ def test_labels_of_gpu_blocks_are_all_in_the_mask_at_commit(tmp_path):
     each block's labels are the block as it was when added, though its buffer was reused."""
     probs = random_probs(4, 37, 29)
     buffer = torch.empty(4, 37, 29, device="cuda")
-    with OutputWriter(tmp_path / "img", ["index"], model_info(4), 37, 29) as writer:
+    with OutputWriter(tmp_path / "img", ["index"], model_card(4), 37, 29) as writer:
         for top, bottom in pairwise((0, 10, 20, 37)):
             for left, right in pairwise((0, 12, 29)):
                 view = buffer[:, : bottom - top, : right - left]  # as the stitcher hands out
@@ -129,7 +129,7 @@ def test_output_names_and_existence(tmp_path):
 def test_error_mid_image_leaves_nothing(tmp_path):
     with (
         pytest.raises(RuntimeError),
-        OutputWriter(tmp_path / "img", ["index", "probs"], model_info(3), 20, 20) as writer,
+        OutputWriter(tmp_path / "img", ["index", "probs"], model_card(3), 20, 20) as writer,
     ):
         writer.add_block(0, 0, random_probs(3, 10, 20))
         raise RuntimeError("model crashed")
@@ -150,7 +150,7 @@ def test_unwritable_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match=r"cannot write .*file/x\.png: "):
-        OutputWriter(blocker / "x", ["index"], model_info(2), 4, 4).__enter__()
+        OutputWriter(blocker / "x", ["index"], model_card(2), 4, 4).__enter__()
 
 
 def test_manifest_round_trip(tmp_path):

@@ -122,8 +122,8 @@ def test_checkpoint_is_a_bundle_loaded_with_weights_only(tmp_path):
     trainer.save_checkpoint(path)
 
     raw = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code allowed
-    assert raw["hyper_parameters"]["classes"] == ["a", "b", "c"]
-    assert raw["hyper_parameters"]["stride"] == 8
+    assert raw["hyper_parameters"]["model_card"] == module.card.to_dict()
+    assert module.card.classes == ["a", "b", "c"] and module.card.stride == 8
     assert raw["global_step"] == 2
 
     x = torch.randn(1, 3, 48, 40)
@@ -165,7 +165,9 @@ def test_pretrained_false_skips_encoder_weights(tmp_path):
     module = SegmentationModule(
         cfg, pretrained=False
     )  # resuming: the checkpoint brings the weights
-    assert module.hparams["config"]["model"]["encoder_weights"].endswith("missing.pth")
+    assert module.hparams["model_card"]["config"]["model"]["encoder_weights"].endswith(
+        "missing.pth"
+    )
 
 
 @pytest.mark.parametrize("name", ["cosine", "poly", "constant"])
