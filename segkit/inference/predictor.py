@@ -17,10 +17,10 @@ import torch
 
 from segkit.config import TTA_MODES
 from segkit.data.io import image_to_float, luminance
+from segkit.data.windows import ArrayWindows
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, ModelInfo, block_width, default_batch_size
 from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
-from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import (
     BLENDS,
     TileGrid,
@@ -31,7 +31,7 @@ from segkit.inference.tiling import (
 )
 from segkit.inference.uncertainty import apply_temperature
 
-Image = np.ndarray | TiffWindows
+Image = np.ndarray | ArrayWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
 
 
 def _check_image(image: Any) -> Image:
-    if isinstance(image, TiffWindows):  # read by windows; duck-types the slicing the tiler uses
+    if isinstance(image, ArrayWindows):  # read by windows; duck-types the slicing the tiler uses
         return image
     if not isinstance(image, np.ndarray):
         raise DataError(f"expected a numpy array HxW or HxWxC, got {type(image).__name__}")
