@@ -205,7 +205,9 @@ def open_zarr(path: Path, max_pixels: int | None = None) -> ArrayWindows:
         raise DataError(f"{path}: its OME-Zarr level 0 is not a zarr array")
     reader = ArrayWindows(path, array, _zarr_axes(path, tuple(array.shape), names))
     dtype = reader.dtype
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_
+    ):
         raise DataError(f"{path}: zarr array of {dtype} values, not image pixels")
     _check_pixels(path, reader.shape, max_pixels)
     return reader
