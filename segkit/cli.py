@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         help="storage of --save probs (default float16)",
     )
     p.add_argument(
+        "--pyramid-format",
+        default="ome-tiff",
+        choices=["ome-tiff", "ome-zarr"],
+        help="container of outputs of 4096x4096 pixels or more, written as pyramids for QuPath, "
+        "napari and Fiji (default ome-tiff)",
+    )
+    p.add_argument(
         "--skip-existing",
         action="store_true",
         help="skip images whose outputs already exist (resume a killed run)",
@@ -376,6 +383,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.output,
         save=args.save,
         probs_dtype=args.probs_dtype,
+        pyramid_format=args.pyramid_format,
         skip_existing=args.skip_existing,
         device=args.device,
         devices=args.devices,

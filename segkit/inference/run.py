@@ -25,6 +25,7 @@ from segkit.inference.predictor import (
     Predictor,
     consecutive_batches,
 )
+from segkit.inference.pyramids import PYRAMID_FORMATS
 from segkit.inference.readahead import HELD, default_workers, header_pixels, read_ahead
 from segkit.inference.sharding import run_sharded
 from segkit.inference.sources import InputImage, find_inputs, open_image
@@ -178,6 +179,7 @@ def run_items(
     *,
     save: Sequence[str] = ("index",),
     probs_dtype: str = "float16",
+    pyramid_format: str = "ome-tiff",
     skip_existing: bool = False,
     workers: int | None = None,
     progress: bool = True,
@@ -196,7 +198,9 @@ def run_items(
     ):
         for _ in range(len(items) - len(todo)):
             bar.image()
-        run = _ImageRun(predictor, records, bar, writers, workers, save, probs_dtype)
+        run = _ImageRun(
+            predictor, records, bar, writers, workers, save, probs_dtype, pyramid_format
+        )
         run.predict(todo, max_pixels if max_pixels is not None else predictor.info.max_image_pixels)
     return [r for r in records if r is not None]
 
@@ -256,10 +260,11 @@ class _ImageRun:
         workers: int,
         save: Sequence[str],
         probs_dtype: str,
+        pyramid_format: str,
     ) -> None:
         self.predictor, self.records, self.bar = predictor, records, bar
         self.writers, self.workers = writers, workers
-        self.save, self.probs_dtype = save, probs_dtype
+        self.save, self.probs_dtype, self.pyramid_format = save, probs_dtype, pyramid_format
         self.passes = predictor.passes_per_tile()
         self.spare_pixels = 2 * predictor.pixels_per_pass()
         self.writes: deque[_Write] = deque()
@@ -335,7 +340,14 @@ class _ImageRun:
         h, w = job.image.shape[:2]
         try:
             writer = OutputWriter(
-                job.base, self.save, self.predictor.info, h, w, self.probs_dtype, geo=job.geo
+                job.base,
+                self.save,
+                self.predictor.info,
+                h,
+                w,
+                self.probs_dtype,
+                geo=job.geo,
+                pyramid=self.pyramid_format,
             ).__enter__()
             try:
                 for row, col, block in blocks:
@@ -407,6 +419,7 @@ def predict_source(
     *,
     save: Sequence[str] = ("index",),
     probs_dtype: str = "float16",
+    pyramid_format: str = "ome-tiff",
     skip_existing: bool = False,
     device: str | None = None,
     devices: int = 1,
@@ -424,8 +437,9 @@ def predict_source(
 ) -> PredictSummary:
     """Predict every image of ``source`` (file, folder or glob) into ``output``; see the module doc.
 
-    Raises DataError when the source holds no images; per-image problems are in the summary's
-    ``failures`` and in ``output/manifest.jsonl``.
+    ``pyramid_format`` (``ome-tiff`` or ``ome-zarr``) is the container of the outputs written as
+    pyramids (see :mod:`segkit.inference.pyramids`). Raises DataError when the source holds no
+    images; per-image problems are in the summary's ``failures`` and in ``output/manifest.jsonl``.
     """
     start = time.perf_counter()
     output = Path(output)
@@ -437,6 +451,10 @@ def predict_source(
         )
     if probs_dtype not in PROBS_DTYPES:
         raise ConfigError(f"--probs-dtype {probs_dtype}: choose from {', '.join(PROBS_DTYPES)}")
+    if pyramid_format not in PYRAMID_FORMATS:
+        raise ConfigError(
+            f"--pyramid-format {pyramid_format}: choose from {', '.join(PYRAMID_FORMATS)}"
+        )
     if devices < 1:
         raise ConfigError(f"--devices must be >= 1, got {devices}")
     if max_pixels is not None and max_pixels < 1:
@@ -455,6 +473,7 @@ def predict_source(
     run_options: dict[str, Any] = {
         "save": save,
         "probs_dtype": probs_dtype,
+        "pyramid_format": pyramid_format,
         "skip_existing": skip_existing,
         "workers": workers,
         "progress": progress,
