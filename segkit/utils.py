@@ -1,10 +1,11 @@
-"""Small shared helpers: atomic file writes and recognising their leftovers."""
+"""Small shared helpers: atomic file and folder writes and recognising their leftovers."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """:func:`atomic_path` for a folder (a zarr store): yield a temporary folder beside ``path``
+    and swap it in, replacing any folder there, only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    )
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        if path.is_dir() and not path.is_symlink():
+            # a folder is renamed only over an empty one: move the old store aside first
+            old = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+                )
+            )
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if path.is_symlink() or path.exists():
+                path.unlink()  # a file where the store goes: a folder cannot replace it
+            os.replace(tmp, path)
+    finally:
+        remove_path(tmp)
+
+
+def remove_path(path: str | Path) -> None:
+    """Delete a file, or a folder (a zarr store) with everything in it; absent is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _read_umask() -> int:

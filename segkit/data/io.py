@@ -3,7 +3,8 @@
 Every reader returns ``H x W x C`` (images) or ``H x W`` / ``H x W x 3`` (masks) in the file's
 native dtype, and every failure becomes one :class:`~segkit.errors.DataError` line that names the
 file and the problem. PIL reads PNG/JPEG/BMP, tifffile reads TIFF (chosen by the file's magic
-bytes, so a misnamed file still reads), and OpenCV only 16-bit colour PNGs, which PIL truncates.
+bytes, so a misnamed file still reads), OpenCV only 16-bit colour PNGs, which PIL truncates, and
+zarr a ``.zarr`` store (a folder, read as one image: :mod:`segkit.data.windows`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from segkit.data.palette import palette_image
+from segkit.data.windows import ZARR_SUFFIX, is_zarr_store, open_zarr
 from segkit.errors import DataError, check_pixel_limit
 from segkit.utils import atomic_path, is_temporary_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-"""Lower-case suffixes of the files segkit reads (matched case-insensitively)."""
+"""Lower-case suffixes of the files segkit reads (matched case-insensitively); ``.zarr`` stores
+(folders) are read too."""
 
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
 
@@ -77,7 +80,9 @@ def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
             continue
         path = Path(entry.path)
         try:
-            if entry.is_dir():
+            if entry.is_dir() and path.suffix.lower() == ZARR_SUFFIX:
+                yield path  # a zarr store is one image, not a folder of them
+            elif entry.is_dir():
                 yield from _walk(path, seen)
             elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 yield path
@@ -225,6 +230,9 @@ def _as_hwc(array: np.ndarray) -> np.ndarray:
 def read_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
     """Size, channel count and mode of an image without decoding its pixels."""
     path = Path(path)
+    if is_zarr_store(path):
+        h, w, c = open_zarr(path, max_pixels).shape
+        return ImageHeader(h, w, c, "zarr")
     head = _open_checks(path)
     if head.startswith(_TIFF_MAGIC):
         import tifffile
@@ -255,6 +263,8 @@ def read_header(path: Path, max_pixels: int | None = None) -> ImageHeader:
 
 def _read_native(path: Path, max_pixels: int | None) -> np.ndarray:
     """The decoded pixels with alpha dropped, palettes expanded and CMYK/YCbCr as RGB."""
+    if is_zarr_store(path):
+        return open_zarr(path, max_pixels)[:]
     head = _open_checks(path)
     if head.startswith(_TIFF_MAGIC):
         return _read_tiff(path, max_pixels)
@@ -361,8 +371,9 @@ def read_mask(
     ``palette_to_rgb`` asks for the colours (for ``mask_encoding: palette``). Alpha is dropped.
     """
     path = Path(path)
-    head = _open_checks(path)
-    if head.startswith(_TIFF_MAGIC):
+    if is_zarr_store(path):
+        array = open_zarr(path, max_pixels)[:]
+    elif _open_checks(path).startswith(_TIFF_MAGIC):
         array = _read_tiff(path, max_pixels)
     else:
         im = _pil_open(path, max_pixels)

@@ -51,7 +51,7 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
         return A.Compose(steps, seed=config.run.seed)
 
     size = data.patch_size
-    steps: list[A.BasicTransform] = [
+    steps = [
         A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),
         _crop(config, size),
         *_warps(config),

@@ -17,6 +17,8 @@ from segkit.errors import ConfigError
 OutputKind = Literal["index", "color", "overlay", "probs", "entropy", "confidence"]
 """What predict can write: label images, the class probabilities, the uncertainty maps."""
 ProbsDtype = Literal["float16", "uint8"]
+PyramidFormat = Literal["ome-tiff", "ome-zarr"]
+"""Containers of the outputs written as pyramids (see :mod:`segkit.inference.pyramids`)."""
 
 
 def flag_name(field: str) -> str:
@@ -86,6 +88,11 @@ class PredictOptions(InferenceOptions):
     )
     probs_dtype: ProbsDtype = Field(
         "float16", description="storage of --save probs (default float16)"
+    )
+    pyramid_format: PyramidFormat = Field(
+        "ome-tiff",
+        description="container of outputs of 4096x4096 pixels or more, written as pyramids for "
+        "QuPath, napari and Fiji (default ome-tiff)",
     )
     skip_existing: bool = Field(
         False, description="skip images whose outputs already exist (resume a killed run)"

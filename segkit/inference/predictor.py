@@ -19,11 +19,11 @@ import torch
 from segkit.card import ModelCard
 from segkit.config import TTA
 from segkit.data.io import adapt_channels, image_to_float
+from segkit.data.windows import ArrayWindows
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, block_width, default_batch_size
 from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
 from segkit.inference.options import TileOptions
-from segkit.inference.tiff_windows import TiffWindows
 from segkit.inference.tiling import (
     TileGrid,
     extract_tile,
@@ -33,7 +33,7 @@ from segkit.inference.tiling import (
 )
 from segkit.inference.uncertainty import apply_temperature
 
-Image = np.ndarray | TiffWindows
+Image = np.ndarray | ArrayWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
 
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def _tta_transforms(mode: TTA) -> list[_Transform]:
 
 
 def _check_image(image: Any) -> Image:
-    if isinstance(image, TiffWindows):  # read by windows; duck-types the slicing the tiler uses
+    if isinstance(image, ArrayWindows):  # read by windows; duck-types the slicing the tiler uses
         return image
     if not isinstance(image, np.ndarray):
         raise DataError(f"expected a numpy array HxW or HxWxC, got {type(image).__name__}")

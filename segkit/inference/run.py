@@ -170,6 +170,7 @@ def run_items(
     *,
     save: Sequence[str] = ("index",),
     probs_dtype: str = "float16",
+    pyramid_format: str = "ome-tiff",
     skip_existing: bool = False,
     workers: int | None = None,
     progress: bool = True,
@@ -188,7 +189,9 @@ def run_items(
     ):
         for _ in range(len(items) - len(todo)):
             bar.image()
-        run = _ImageRun(predictor, records, bar, writers, workers, save, probs_dtype)
+        run = _ImageRun(
+            predictor, records, bar, writers, workers, save, probs_dtype, pyramid_format
+        )
         run.predict(todo, max_pixels if max_pixels is not None else predictor.card.max_image_pixels)
     return [r for r in records if r is not None]
 
@@ -248,10 +251,11 @@ class _ImageRun:
         workers: int,
         save: Sequence[str],
         probs_dtype: str,
+        pyramid_format: str,
     ) -> None:
         self.predictor, self.records, self.bar = predictor, records, bar
         self.writers, self.workers = writers, workers
-        self.save, self.probs_dtype = save, probs_dtype
+        self.save, self.probs_dtype, self.pyramid_format = save, probs_dtype, pyramid_format
         self.passes = predictor.passes_per_tile()
         self.spare_pixels = 2 * predictor.pixels_per_pass()
         self.writes: deque[_Write] = deque()
@@ -327,7 +331,14 @@ class _ImageRun:
         h, w = job.image.shape[:2]
         try:
             writer = OutputWriter(
-                job.base, self.save, self.predictor.card, h, w, self.probs_dtype, geo=job.geo
+                job.base,
+                self.save,
+                self.predictor.card,
+                h,
+                w,
+                self.probs_dtype,
+                geo=job.geo,
+                pyramid=self.pyramid_format,
             ).__enter__()
             try:
                 for row, col, block in blocks:
@@ -378,6 +389,7 @@ def _run_options(options: PredictOptions) -> dict[str, Any]:
     return {
         "save": options.save,
         "probs_dtype": options.probs_dtype,
+        "pyramid_format": options.pyramid_format,
         "skip_existing": options.skip_existing,
         "workers": options.workers,
         "max_pixels": options.max_pixels,

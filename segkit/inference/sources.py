@@ -1,8 +1,9 @@
-"""What ``segkit predict`` reads: an image file, a folder (recursive) or a glob, and how to open one.
+"""What ``segkit predict`` reads: an image file, a ``.zarr`` store, a folder (recursive) or a glob,
+and how to open one.
 
 Uncompressed TIFFs are memory-mapped (tifffile), so a huge image is read tile by tile from the page
-cache; tiled or striped compressed TIFFs are read by windows (:mod:`segkit.inference.tiff_windows`);
-everything else is decoded once by ``segkit.data.io``.
+cache; tiled or striped TIFFs (OME-TIFF included) and ``.zarr`` stores are read by windows through
+zarr (:mod:`segkit.data.windows`); everything else is decoded once by ``segkit.data.io``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.io import IMAGE_SUFFIXES, check_pixel_type, list_images, read_image
+from segkit.data.windows import ArrayWindows, is_zarr_store, open_tiff_windows, open_zarr
 from segkit.errors import DataError, check_pixel_limit
-from segkit.inference.tiff_windows import TiffWindows
 from segkit.utils import is_temporary_file
 
 _MAGIC = ("*", "?", "[")
@@ -51,7 +52,7 @@ def find_inputs(source: str | Path, exclude: Path | None = None) -> list[InputIm
     unless ``exclude`` is the source folder itself."""
     text = os.path.expanduser(str(source))
     path = Path(text)
-    if path.is_file():
+    if path.is_file() or is_zarr_store(path):
         return [InputImage(path, Path(path.name))]
     if path.is_dir():
         root, paths = path, list_images(path)
@@ -60,8 +61,8 @@ def find_inputs(source: str | Path, exclude: Path | None = None) -> list[InputIm
         paths = sorted(
             Path(p)
             for p in glob.glob(text, recursive=True)
-            if Path(p).is_file()
-            and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            if (Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            or is_zarr_store(Path(p))
             and not is_temporary_file(p)
         )
     else:
@@ -70,7 +71,8 @@ def find_inputs(source: str | Path, exclude: Path | None = None) -> list[InputIm
         paths = [p for p in paths if not _inside(p, exclude)]
     if not paths:
         raise DataError(
-            f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, recursively)"
+            f"{source}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files and "
+            ".zarr stores, recursively)"
         )
     return [
         InputImage(p, p.relative_to(root) if _is_relative(p, root) else Path(p.name)) for p in paths
@@ -101,13 +103,17 @@ def _tiff_memmap(path: Path, max_pixels: int | None) -> np.ndarray | None:
 
 def open_image(
     path: Path, in_channels: int, max_pixels: int | None = None
-) -> np.ndarray | TiffWindows:
+) -> np.ndarray | ArrayWindows:
     """``H x W [x C]`` pixels of ``path``: memory-mapped (uncompressed TIFF), read by windows
-    (tiled or striped TIFF), else decoded once."""
+    (tiled or striped TIFF, ``.zarr`` store), else decoded once."""
+    if is_zarr_store(path):
+        windows = open_zarr(path, max_pixels)
+        check_pixel_type(path, windows.dtype)
+        return windows
     if path.suffix.lower() in (".tif", ".tiff"):
-        lazy: np.ndarray | TiffWindows | None = _tiff_memmap(path, max_pixels)
+        lazy: np.ndarray | ArrayWindows | None = _tiff_memmap(path, max_pixels)
         if lazy is None:
-            lazy = TiffWindows.open(path, max_pixels)
+            lazy = open_tiff_windows(path, max_pixels)
         if lazy is not None:
             check_pixel_type(path, lazy.dtype)
             return lazy

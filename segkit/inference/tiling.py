@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segkit.data.windows import ArrayWindows
 from segkit.errors import ConfigError
-from segkit.inference.tiff_windows import TiffWindows
 
 GAUSSIAN_SIGMA = 0.125  # of the tile side, as in nnU-Net / MONAI's sliding window
 _MIN_WEIGHT = 1e-3  # per axis: windows stay strictly positive, products stay far from denormals
@@ -113,7 +113,7 @@ def reflect_indices(start: int, size: int, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx).astype(np.intp)
 
 
-def extract_tile(image: np.ndarray | TiffWindows, y: int, x: int, h: int, w: int) -> np.ndarray:
+def extract_tile(image: np.ndarray | ArrayWindows, y: int, x: int, h: int, w: int) -> np.ndarray:
     """The ``h x w`` window of ``image`` (``H x W [x C]``) at ``(y, x)``, reflected past the border.
 
     Inside the image this is a view (no copy of a memory-mapped image is made).
@@ -252,7 +252,7 @@ class BlockStitcher:
 
 
 def iter_stitched(
-    image: np.ndarray | TiffWindows,
+    image: np.ndarray | ArrayWindows,
     grid: TileGrid,
     run: Callable[[torch.Tensor], torch.Tensor | np.ndarray],
     num_classes: int,

@@ -1,5 +1,5 @@
 """Prediction outputs (index / color / overlay / probs / entropy / confidence) and the run manifest,
-all written atomically.
+all written atomically; huge ones as pyramids (:mod:`segkit.inference.pyramids`).
 
 Every file of one image goes to a temporary name first and is renamed only when all of them are
 complete, so a failing or killed run never leaves a half-written or partial set of outputs. Write
@@ -21,21 +21,30 @@ from segkit.card import ModelCard
 from segkit.data.io import image_to_float
 from segkit.data.palette import palette_image
 from segkit.errors import DataError
+from segkit.inference import pyramids
 from segkit.inference.geo import GeoReference, georeference, label_nodata, nodata_mask
 from segkit.inference.labels import HostLabels, label_dtype
 from segkit.inference.options import OutputKind, ProbsDtype
+from segkit.inference.pyramids import (
+    PYRAMID_FORMATS,
+    PYRAMID_SUFFIXES,
+    Pyramid,
+    label_attributes,
+    pyramid_format,
+    rgb_attributes,
+    scratch_array,
+    write_pyramid,
+)
 from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
-from segkit.utils import atomic_path, temporary_target
+from segkit.utils import atomic_dir, atomic_path, remove_path, temporary_target
 
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)
 PROBS_DTYPES: tuple[str, ...] = get_args(ProbsDtype)
 PNG_MAX_SIDE = 65535
 """Larger images are written as TIFF: many PNG readers refuse sides beyond this."""
-PYRAMID_MIN_PIXELS = 4096 * 4096
-"""Index masks with at least this many pixels (of inputs that are not GeoTIFFs) are written as
-pyramidal OME-TIFFs, ``<stem>.ome.tif``: full resolution plus 2x-downsampled sub-resolutions,
-so QuPath, napari and Fiji open and pan them without reading the whole mask."""
-_PYRAMID_TILE = 512
+PYRAMID_KINDS = ("index", "color", *UNCERTAINTY_MAPS)
+"""Outputs written as pyramids (OME-TIFF or OME-Zarr) from :data:`pyramids.PYRAMID_MIN_PIXELS`
+pixels, for inputs that are not GeoTIFFs (those get Cloud-Optimized GeoTIFFs instead)."""
 MANIFEST = "manifest.jsonl"
 _ROWS = 1024  # rows converted at a time for color/overlay, to bound temporaries
 _TIFF_TILE = 256  # tiles of large colour/overlay TIFFs: one band of them is made at a time
@@ -57,24 +66,27 @@ def output_path(
     width: int | None = None,
     *,
     tiff: bool = False,
+    pyramid: str = "ome-tiff",
 ) -> Path:
     """Where output ``kind`` of the image with output stem ``base`` goes (``base`` has no suffix).
 
-    index: ``<stem>.png`` (``.tif`` for > 256 classes; ``.ome.tif``, pyramidal, from
-    :data:`PYRAMID_MIN_PIXELS` pixels unless ``tiff``); color/overlay: ``<stem>_color.png`` ...;
+    index: ``<stem>.png`` (``.tif`` for > 256 classes); color/overlay: ``<stem>_color.png`` ...;
     probs: ``<stem>_probs.npy``; entropy/confidence: ``<stem>_entropy.tif`` (float32 TIFF: PNG holds
     no floats). Images with a side > ``PNG_MAX_SIDE``, and with ``tiff`` (georeferenced outputs),
-    get ``.tif`` instead of ``.png``.
+    get ``.tif`` instead of ``.png``. From :data:`pyramids.PYRAMID_MIN_PIXELS` pixels, unless
+    ``tiff``, the :data:`PYRAMID_KINDS` are pyramids in the ``pyramid`` format: ``<stem>.ome.tif``
+    or ``<stem>.ome.zarr`` (a folder).
     """
     if kind not in OUTPUT_KINDS:
         raise DataError(f"unknown output '{kind}' (allowed: {', '.join(OUTPUT_KINDS)})")
     name = base.name + _SUFFIX[kind]
     if kind == "probs":
         return base.with_name(name + ".npy")
+    pixels = (height or 0) * (width or 0)
+    if kind in PYRAMID_KINDS and not tiff and pixels >= pyramids.PYRAMID_MIN_PIXELS:
+        return base.with_name(name + PYRAMID_SUFFIXES[pyramid])
     if kind in UNCERTAINTY_MAPS:
         return base.with_name(name + ".tif")
-    if kind == "index" and not tiff and (height or 0) * (width or 0) >= PYRAMID_MIN_PIXELS:
-        return base.with_name(name + ".ome.tif")
     big = height is not None and width is not None and max(height, width) > PNG_MAX_SIDE
     tiff = tiff or big or (kind == "index" and num_classes > 256)
     return base.with_name(name + (".tif" if tiff else ".png"))
@@ -85,14 +97,18 @@ def _name_variants(base: Path, kind: str, num_classes: int) -> set[Path]:
     return {
         output_path(base, kind, num_classes),
         output_path(base, kind, num_classes, PNG_MAX_SIDE + 1, 1),
-        output_path(base, kind, num_classes, PYRAMID_MIN_PIXELS, 1),
+        *(
+            output_path(base, kind, num_classes, pyramids.PYRAMID_MIN_PIXELS, 1, pyramid=fmt)
+            for fmt in PYRAMID_FORMATS
+        ),
     }
 
 
 def outputs_exist(base: Path, save: Sequence[str], num_classes: int) -> bool:
-    """True when every requested output of ``base`` exists (as PNG or TIFF, whatever the size was)."""
+    """True when every requested output of ``base`` exists (as PNG, TIFF or OME-Zarr, whatever
+    the size was)."""
     for kind in save:
-        if not any(p.is_file() for p in _name_variants(base, kind, num_classes)):
+        if not any(p.exists() for p in _name_variants(base, kind, num_classes)):
             return False
     return True
 
@@ -120,7 +136,7 @@ def remove_stale_temporaries(
         for entry in folder.iterdir():
             target = temporary_target(entry)
             if target is not None and target.name in names:
-                entry.unlink(missing_ok=True)
+                remove_path(entry)
                 removed += 1
     return removed
 
@@ -152,6 +168,7 @@ class OutputWriter:
         width: int,
         probs_dtype: str = "float16",
         geo: GeoReference | None = None,
+        pyramid: str = "ome-tiff",
     ) -> None:
         self.save = tuple(dict.fromkeys(save))
         self.geo = geo
@@ -162,10 +179,17 @@ class OutputWriter:
                 f"unknown probs dtype '{probs_dtype}' (allowed: {', '.join(PROBS_DTYPES)})"
             )
         self.info, self.height, self.width, self.probs_dtype = info, height, width, probs_dtype
+        if pyramid not in PYRAMID_FORMATS:
+            raise DataError(
+                f"unknown pyramid format '{pyramid}' (allowed: {', '.join(PYRAMID_FORMATS)})"
+            )
         self.paths = {
-            kind: output_path(base, kind, info.num_classes, height, width, tiff=geo is not None)
+            kind: output_path(
+                base, kind, info.num_classes, height, width, tiff=geo is not None, pyramid=pyramid
+            )
             for kind in self.save
         }
+        self.pyramids = {kind for kind, path in self.paths.items() if pyramid_format(path)}
         self.labels = np.zeros((height, width), dtype=label_dtype(info.num_classes))
         self._label_copies = HostLabels(self.labels)  # arg-max per block, lagged on a GPU
         self._stack = contextlib.ExitStack()
@@ -179,7 +203,8 @@ class OutputWriter:
         try:
             for kind, path in self.paths.items():
                 self._current = path
-                self._tmp[kind] = self._stack.enter_context(atomic_path(path))
+                atomic = atomic_dir if pyramid_format(path) == "ome-zarr" else atomic_path
+                self._tmp[kind] = self._stack.enter_context(atomic(path))
             if "probs" in self.paths:
                 self._current = self.paths["probs"]
                 self._probs = np.lib.format.open_memmap(
@@ -191,7 +216,11 @@ class OutputWriter:
             for kind in UNCERTAINTY_MAPS:
                 if kind in self.paths:
                     self._current = self.paths[kind]
-                    self._maps[kind] = _float_tiff(self._tmp[kind], self.height, self.width)
+                    if kind in self.pyramids:  # the full resolution, for the levels to come
+                        shape = (self.height, self.width)
+                        self._maps[kind] = scratch_array(self.paths[kind].parent, shape, np.float32)
+                    else:
+                        self._maps[kind] = _float_tiff(self._tmp[kind], self.height, self.width)
                     self._map_copies[kind] = HostLabels(
                         self._maps[kind], reduce=MAP_FUNCTIONS[kind]
                     )
@@ -251,6 +280,8 @@ class OutputWriter:
             for kind in self._map_copies:
                 self._current = self.paths[kind]
                 self._maps[kind].flush()
+                if kind in self.pyramids:
+                    self._write_pyramid(kind, Pyramid(self._maps[kind], mean=True))
             self._maps, self._map_copies = {}, {}
             if self._probs is not None:
                 self._current = self.paths["probs"]
@@ -258,15 +289,26 @@ class OutputWriter:
                 self._probs = None
             if "index" in self.paths:
                 self._current = self.paths["index"]
-                if self.paths["index"].name.endswith(".ome.tif"):
-                    _write_pyramid(self._tmp["index"], self.labels)
+                if "index" in self.pyramids:
+                    names = list(self.info.classes)
+                    self._write_pyramid(
+                        "index", Pyramid(self.labels), label_attributes(names, colors)
+                    )
                 else:
                     _write_labels(self._tmp["index"], self.labels, colors)
             if "color" in self.paths:
                 self._current = self.paths["color"]
-                _write_rgb(
-                    self._tmp["color"], self.height, self.width, lambda sl: colors[self.labels[sl]]
-                )
+                if "color" in self.pyramids:
+                    self._write_pyramid(
+                        "color", Pyramid(self.labels, lambda v: colors[v]), rgb_attributes()
+                    )
+                else:
+                    _write_rgb(
+                        self._tmp["color"],
+                        self.height,
+                        self.width,
+                        lambda sl: colors[self.labels[sl]],
+                    )
             if "overlay" in self.paths:
                 if image is None:
                     raise DataError(
@@ -292,6 +334,11 @@ class OutputWriter:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         return dict(self.paths)
+
+    def _write_pyramid(
+        self, kind: str, pyramid: Pyramid, attributes: dict[str, Any] | None = None
+    ) -> None:
+        write_pyramid(self._tmp[kind], self.paths[kind], pyramid, attributes or {})
 
     def _mask_nodata(self, image: np.ndarray, nodata: float) -> None:
         """The input's nodata pixels become nodata in the labels and NaN in the maps."""
@@ -330,28 +377,6 @@ def _float_tiff(tmp: Path, height: int, width: int) -> np.memmap:
     return tifffile.memmap(
         tmp, shape=(height, width), dtype=np.float32, bigtiff=height * width * 4 > 2**31
     )
-
-
-def pyramid_levels(height: int, width: int) -> int:
-    """Resolutions of a pyramid: halve until the smaller side would drop under one tile."""
-    levels = 1
-    while min(height, width) >> levels >= _PYRAMID_TILE:
-        levels += 1
-    return levels
-
-
-def _write_pyramid(tmp: Path, labels: np.ndarray) -> None:
-    """Labels as a tiled OME-TIFF whose sub-IFDs hold 2x, 4x, ... downsampled copies (every
-    2^n-th pixel: a label is never averaged into one that does not exist)."""
-    import tifffile
-
-    levels = pyramid_levels(*labels.shape)
-    options: dict[str, Any] = {"tile": (_PYRAMID_TILE, _PYRAMID_TILE), "compression": "zlib"}
-    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-        tif.write(labels, subifds=levels - 1, metadata={"axes": "YX"}, **options)
-        for level in range(1, levels):
-            step = 1 << level
-            tif.write(np.ascontiguousarray(labels[::step, ::step]), subfiletype=1, **options)
 
 
 def _write_labels(tmp: Path, labels: np.ndarray, colors: np.ndarray) -> None:

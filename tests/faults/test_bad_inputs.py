@@ -205,7 +205,8 @@ def test_empty_folders(tmp_path, capsys, bundle):
     assert main(_predict(bundle, empty, tmp_path / "out")) == 1
     err = capsys.readouterr().err
     assert error_lines(err) == [
-        f"error: {empty}: no images found (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, recursively)"
+        f"error: {empty}: no images found (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff files and "
+        ".zarr stores, recursively)"
     ]
     assert main(_predict(bundle, tmp_path / "missing", tmp_path / "out")) == 1
     assert (

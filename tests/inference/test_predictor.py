@@ -244,7 +244,9 @@ def test_tta_commutes_with_tiling(trained):
 def test_bad_options_and_files(predictor, tmp_path):
     with pytest.raises(ConfigError, match="--blend 'box': Input should be 'constant'"):
         predictor.predict(np.zeros((8, 8, 3), np.uint8), blend="box")
-    with pytest.raises(ConfigError, match="--tta 'rot': Input should be 'none', 'hflip', 'flip' or 'd4'"):
+    with pytest.raises(
+        ConfigError, match="--tta 'rot': Input should be 'none', 'hflip', 'flip' or 'd4'"
+    ):
         predictor.predict(np.zeros((8, 8, 3), np.uint8), tta="rot")
     with pytest.raises(ConfigError, match="--blend 'box'"):
         Predictor(predictor.backend, blend="box")

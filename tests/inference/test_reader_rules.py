@@ -10,9 +10,9 @@ import pytest
 import tifffile
 
 from segkit.data.io import read_header, read_image
+from segkit.data.windows import ArrayWindows
 from segkit.errors import DataError
 from segkit.inference.sources import open_image
-from segkit.inference.tiff_windows import TiffWindows
 from tests.data.conftest import save_png
 
 
@@ -49,7 +49,7 @@ def test_every_reader_refuses_with_the_same_message(tmp_path, kind, reader):
 def test_the_files_do_reach_the_readers_named(tmp_path):
     files = _files(tmp_path)
     assert isinstance(open_image(files["memmap"], 3), np.memmap)
-    assert isinstance(open_image(files["windows"], 3), TiffWindows)
+    assert isinstance(open_image(files["windows"], 3), ArrayWindows)
 
 
 def test_reading_and_predicting_adapt_channels_alike(tmp_path, bundle_path, gray_bundle_path):

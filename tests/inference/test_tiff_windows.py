@@ -1,16 +1,18 @@
-"""Tiled and striped TIFFs are read by windows: the same pixels, and only the segments touched."""
+"""Tiled and striped TIFFs are read by windows through zarr: the same pixels, and only the chunks
+touched."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tifffile
+import tifffile.zarr
 
+from segkit.data.windows import MAX_SEGMENT_ROWS, ArrayWindows
 from segkit.errors import DataError
 from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
 from segkit.inference.sources import open_image
-from segkit.inference.tiff_windows import MAX_SEGMENT_ROWS, TiffWindows
 from segkit.inference.tiling import extract_tile
 from segkit.inference.writers import read_manifest
 
@@ -37,7 +39,7 @@ def striped_gray16(tmp_path):
 def test_windows_equal_the_decoded_image(request, which):
     path, image = request.getfixturevalue(which)
     windows = open_image(path, 3)
-    assert isinstance(windows, TiffWindows)
+    assert isinstance(windows, ArrayWindows)
     assert windows.shape == image.shape and windows.dtype == image.dtype
     h, w = image.shape[:2]
     for y, x, th, tw in [(0, 0, 40, 40), (33, 47, 64, 17), (h - 5, w - 9, 5, 9), (10, 0, 1, w)]:
@@ -52,46 +54,80 @@ def test_windows_equal_the_decoded_image(request, which):
         )
 
 
-def test_only_the_segments_a_window_touches_are_read(tiled_rgb, monkeypatch):
+def chunk_reads(monkeypatch) -> list[str]:
+    """The keys of the TIFF chunks (tiles or strips) the zarr store decodes, in order."""
+    read: list[str] = []
+    original = tifffile.zarr.ZarrTiffStore.get
+
+    async def counting(self, key, *args, **kwargs):
+        if not key.rsplit("/", 1)[-1].startswith("."):  # .zarray, .zattrs: metadata
+            read.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.zarr.ZarrTiffStore, "get", counting)
+    return read
+
+
+def test_only_the_tiles_a_window_touches_are_read(tiled_rgb, monkeypatch):
     path, image = tiled_rgb
     windows = open_image(path, 3)
-    read = []
-    original = tifffile.FileHandle.read_segments
-
-    def counting(self, offsets, *args, **kwargs):
-        read.append(len(offsets))
-        return original(self, offsets, *args, **kwargs)
-
-    monkeypatch.setattr(tifffile.FileHandle, "read_segments", counting)
+    read = chunk_reads(monkeypatch)
     windows[40:60, 40:60]  # rows in tile row 1 (32-63), columns in tile columns 0 and 1
-    assert read == [2]
+    assert sorted(read) == ["1.0.0", "1.1.0"]
     # The tiler's next window overlaps this one: the tiles of its last tile row are reused.
+    read.clear()
     rows = windows[50:100, 40:60]  # tile rows 1 (kept) and 2, 3 (read)
-    assert read == [2, 4]
+    assert sorted(read) == ["2.0.0", "2.1.0", "3.0.0", "3.1.0"]
     np.testing.assert_array_equal(rows, image[50:100, 40:60])
+
+
+def test_predicting_a_tiled_ome_tiff_never_reads_it_whole(bundle_path, tmp_path, monkeypatch):
+    """Every zarr read of a predict run is a band of tile rows, far from the whole image, and
+    each tile is decoded about once (the tiler's overlapping rows reuse the kept tile row)."""
+    image = shapes_image(256, 96, seed=3)
+    path = tmp_path / "slide.ome.tif"
+    tifffile.imwrite(path, image, tile=(16, 32), compression="zlib", photometric="rgb", ome=True)
+    windows = open_image(path, 3)
+    assert isinstance(windows, ArrayWindows) and windows.shape == image.shape
+    bands: list[tuple[int, int]] = []
+    original = ArrayWindows._zarr_read
+
+    def spying(self, y0, y1, x0, x1):
+        bands.append((y0, y1))
+        return original(self, y0, y1, x0, x1)
+
+    monkeypatch.setattr(ArrayWindows, "_zarr_read", spying)
+    read = chunk_reads(monkeypatch)
+    p = Predictor.from_path(bundle_path, device="cpu")
+    labels = p.predict(windows, tile=64, overlap=0.25)
+    np.testing.assert_array_equal(labels, p.predict(image, tile=64, overlap=0.25))
+    assert len(bands) > 3 and max(y1 - y0 for y0, y1 in bands) <= 64 + 16  # a tile + a tile row
+    tiles = (256 // 16) * (96 // 32)
+    assert len(read) == len(set(read)) == tiles  # every tile decoded exactly once
 
 
 def test_layouts_that_are_decoded_whole(tmp_path):
     image = shapes_image(60, 50, seed=1)
     tifffile.imwrite(tmp_path / "plain.tif", image)  # uncompressed: memory-mapped instead
     assert isinstance(open_image(tmp_path / "plain.tif", 3), np.memmap)
-    tifffile.imwrite(tmp_path / "one_strip.tif", image, compression="zlib", rowsperstrip=60)
-    whole = open_image(tmp_path / "one_strip.tif", 3)
-    assert isinstance(whole, np.ndarray)  # one strip: every window would decode all of it
-    np.testing.assert_array_equal(whole, image)
     tall = np.zeros((MAX_SEGMENT_ROWS + 8, 4), np.uint8)
     tifffile.imwrite(
         tmp_path / "tall.tif", tall, compression="zlib", rowsperstrip=MAX_SEGMENT_ROWS + 1
     )
-    assert isinstance(open_image(tmp_path / "tall.tif", 1), np.ndarray)
+    assert isinstance(open_image(tmp_path / "tall.tif", 1), np.ndarray)  # strips too tall
+
+
+def test_planes_and_pages_are_windows_with_the_planes_as_channels(tmp_path):
+    image = shapes_image(60, 50, seed=1)
     planes = np.ascontiguousarray(image.transpose(2, 0, 1))
     for name, kwargs in {
         "planar.tif": {"photometric": "rgb", "planarconfig": "separate"},
         "pages.tif": {"photometric": "minisblack"},
     }.items():
         tifffile.imwrite(tmp_path / name, planes, compression="zlib", tile=(32, 32), **kwargs)
-        whole = open_image(tmp_path / name, 3)
-        assert isinstance(whole, np.ndarray) and whole.shape == (60, 50, 3)  # planes -> channels
+        windows = open_image(tmp_path / name, 3)
+        assert isinstance(windows, ArrayWindows) and windows.shape == (60, 50, 3)
+        np.testing.assert_array_equal(windows[10:40, 5:45], image[10:40, 5:45])
 
 
 def test_pixel_limit_applies_before_reading(tiled_rgb):
