@@ -26,7 +26,6 @@ Blend = Literal["constant", "gaussian", "cosine"]
 TTA = Literal["none", "hflip", "flip", "d4"]
 MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
 BLENDS: tuple[str, ...] = get_args(Blend)
-TTA_MODES: tuple[str, ...] = get_args(TTA)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
