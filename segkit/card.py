@@ -19,6 +19,7 @@ from segkit import __version__
 from segkit.config import DataConfig, PredictConfig, SegkitConfig
 from segkit.data.palette import class_colors
 from segkit.errors import ModelError
+from segkit.normalization import Normalization
 
 BUNDLE_FORMAT = 2
 """1: the facts as separate hyper-parameters (read through :func:`card_from_legacy`); 2: the card."""
@@ -43,6 +44,9 @@ class ModelCard(BaseModel):
     classes: list[str] = Field(min_length=1, description="Class names, in output order.")
     colors: list[tuple[int, int, int]] = Field(description="[r, g, b] of each class (0-255).")
     ignore_index: int = Field(255, ge=0, description="Mask value that is no class.")
+    normalization: Normalization = Field(
+        "dataset", description="'dataset': mean/std below; 'image': each image's own."
+    )
     mean: list[float] = Field(description="Per-channel mean of images scaled to [0, 1].")
     std: list[float] = Field(description="Per-channel std of images scaled to [0, 1].")
     stride: int = Field(DEFAULT_STRIDE, ge=1, description="Tiles are multiples of it.")
@@ -108,6 +112,7 @@ class ModelCard(BaseModel):
             classes=list(data.classes),
             colors=class_colors(data.classes, data.palette).tolist(),
             ignore_index=data.ignore_index,
+            normalization=data.normalization,
             mean=data.resolved_mean(),
             std=data.resolved_std(),
             stride=int(stride),

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segkit.errors import ConfigError
+from segkit.normalization import Normalization
 
 # The allowed values of the enumerated options, in one place: the schema and the option models
 # (segkit.inference.options, whose fields are also the CLI's flags and choices) use these types.
@@ -118,6 +119,11 @@ class DataConfig(_Section):
         512,
         ge=16,
         description="Training crop size (images smaller than it are padded with ignore_index in the mask).",
+    )
+    normalization: Normalization = Field(
+        "dataset",
+        description="'dataset': one mean/std for every image (data.mean/std); 'image': each image "
+        "by its own per-channel mean/std (for acquisitions that differ in brightness or contrast).",
     )
     mean: list[float] | None = Field(
         None,

@@ -19,12 +19,17 @@ import numpy as np
 
 from segkit.config import AugmentConfig, SegkitConfig, load_config
 from segkit.errors import ConfigError
+from segkit.normalization import MIN_STD, image_statistics
 
 MAX_SAMPLED_IMAGES = 64  # enough for stable statistics; bounds the time on large datasets
 RARE_SHARE = 0.05  # a class under this share of the labelled pixels counts as rare
 UNLIMITED_EPOCHS = 100_000  # with a time budget, the budget ends the run
 SMALL_DATASET = 50  # fewer image pairs: a smaller validation share
 LIGHT_DECODER = [128, 64, 32, 16, 16]  # half smp's default widths: more steps per CPU-minute
+# Per-image normalisation when the images' own means spread by more than this many pixel stds,
+# or their stds by more than this factor (acquisitions differ: nnU-Net's z-score case).
+UNEVEN_BRIGHTNESS = 0.5
+UNEVEN_CONTRAST = 2.0
 
 
 @dataclass
@@ -41,6 +46,8 @@ class Fingerprint:
     std: list[float]
     class_share: list[float]  # share of the labelled (not ignored) pixels per class
     class_images: list[float]  # share of the images holding at least one pixel of each class
+    brightness_spread: float  # std of the images' own means, in units of the pixels' std
+    contrast_ratio: float  # largest over smallest of the images' own stds
 
     def rows(self, classes: list[str]) -> list[tuple[str, str]]:
         """(what, value) rows for a report."""
@@ -50,6 +57,8 @@ class Fingerprint:
             ("median size", f"{w}x{h} (sides {self.min_side}-{self.max_side})"),
             ("intensity mean", _floats(self.mean)),
             ("intensity std", _floats(self.std)),
+            ("image brightness spread", f"{self.brightness_spread:.2f} std"),
+            ("image contrast ratio", f"{self.contrast_ratio:.2f}"),
         ]
         for name, share, present in zip(classes, self.class_share, self.class_images, strict=True):
             rows.append((f"class {name}", f"{share:.1%} of pixels, in {present:.0%} of images"))
@@ -121,9 +130,13 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     pixel_n = 0
     counts = np.zeros(k, np.int64)
     present = np.zeros(k, np.int64)
+    own_means, own_stds = [], []
     for i in range(len(dataset)):
         image, mask = dataset.load(i)
         sizes.append(image.shape[:2])
+        own_mean, own_std = image_statistics(image)
+        own_means.append(own_mean)
+        own_stds.append(own_std)
         flat = image.reshape(-1, image.shape[2]).astype(np.float64)
         pixel_sum = pixel_sum + flat.sum(0)
         pixel_sq = pixel_sq + (flat**2).sum(0)
@@ -135,6 +148,9 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     mean = pixel_sum / pixel_n
     std = np.sqrt(np.maximum(pixel_sq / pixel_n - mean**2, 1e-12))
     sides = np.array(sizes)
+    # per channel, the worst: one uneven band is reason enough to normalise per image
+    spread = np.std(own_means, axis=0) / np.maximum(std, MIN_STD)
+    contrast = np.max(own_stds, axis=0) / np.min(own_stds, axis=0)
     return Fingerprint(
         images=len(pairs),
         pairs=total,
@@ -146,6 +162,8 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
         std=[round(float(v), 4) for v in std],
         class_share=(counts / max(1, counts.sum())).tolist(),
         class_images=(present / len(dataset)).tolist(),
+        brightness_spread=round(float(spread.max()), 4),
+        contrast_ratio=round(float(contrast.max()), 4),
     )
 
 
@@ -194,9 +212,24 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
         "an epoch is a fixed amount of training (validation and checkpoints at a steady pace), "
         f"not one pass over {fp.images} images",
     )
-    if not (data.in_channels == 3 and config.model.encoder_weights == "imagenet"):
-        choose("data.mean", fp.mean, "the training images' own per-channel mean")
-        choose("data.std", fp.std, "the training images' own per-channel std")
+    uneven = fp.brightness_spread > UNEVEN_BRIGHTNESS or fp.contrast_ratio > UNEVEN_CONTRAST
+    if uneven:
+        choose(
+            "data.normalization",
+            "image",
+            f"the images differ in brightness (spread {fp.brightness_spread:.2f} std) or contrast "
+            f"(ratio {fp.contrast_ratio:.2f}): each is normalised by its own mean/std",
+        )
+    else:
+        choose(
+            "data.normalization",
+            "dataset",
+            f"the images are alike in brightness (spread {fp.brightness_spread:.2f} std) and "
+            f"contrast (ratio {fp.contrast_ratio:.2f}): one mean/std for all",
+        )
+        if not (data.in_channels == 3 and config.model.encoder_weights == "imagenet"):
+            choose("data.mean", fp.mean, "the training images' own per-channel mean")
+            choose("data.std", fp.std, "the training images' own per-channel std")
     if data.val is None and fp.pairs < SMALL_DATASET:
         choose(
             "data.val_fraction",

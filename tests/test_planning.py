@@ -232,7 +232,10 @@ def test_tta_tries_only_the_views_the_training_showed(flips, modes):
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     from segkit.planning import Fingerprint
 
-    fp = Fingerprint(20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0])
+    # membrane's own: brightness spread 0.23 std, contrast ratio 1.48
+    fp = Fingerprint(
+        20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0], 0.23, 1.48
+    )
     config = load_config(
         {
             "data": {"classes": ["membrane", "cell"], "mask_encoding": "binary", "in_channels": 1},
@@ -245,10 +248,39 @@ def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     assert planned.loss.dice == 1 and planned.optimizer.lr == 3e-3
     assert planned.augment.scale == (0.85, 1.2) and planned.augment.rotate == 45
     assert planned.data.val_fraction == 0.1  # 25 images: more of them for training
-    assert planned.model.encoder == "resnet18"
+    assert planned.model.encoder == "resnet18" and planned.data.normalization == "dataset"
     assert planned.model.kwargs == {"decoder_channels": [128, 64, 32, 16, 16]}  # half width
     # horizontal flips only: vertical flips and quarter turns would hide the masks' offset
     flips = (planned.augment.hflip, planned.augment.vflip, planned.augment.rotate90)
     assert flips == (0.5, 0.0, 0.0)
     user = load_config(config.model_dump(exclude_unset=True), overrides=["augment.vflip=0.3"])
     assert apply_plan(user, make_plan(user, fp, CPU)).augment.vflip == 0.3
+
+
+def test_uneven_brightness_or_contrast_gets_per_image_normalisation(tmp_path):
+    """Images from different acquisitions (one dark, one bright, one flat) are normalised each by
+    its own statistics; images alike in brightness and contrast share the dataset's."""
+    rng = np.random.default_rng(3)
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(3)]
+    alike = [rng.integers(100, 140, (64, 64), dtype=np.uint8) for _ in range(3)]
+    config, plan = plan_config(_config(_write(tmp_path / "a", alike, masks), in_channels=1), CPU)
+    assert config.data.normalization == "dataset" and "data.mean" in plan.reasons()
+    assert plan.fingerprint.brightness_spread < 0.5 and plan.fingerprint.contrast_ratio < 2
+
+    dark_bright = [rng.integers(lo, lo + 40, (64, 64), dtype=np.uint8) for lo in (10, 100, 200)]
+    config, plan = plan_config(
+        _config(_write(tmp_path / "b", dark_bright, masks), in_channels=1), CPU
+    )
+    assert config.data.normalization == "image"
+    assert plan.fingerprint.brightness_spread > 0.5
+    assert "data.mean" not in plan.reasons()  # unused when each image brings its own
+
+    contrast = [rng.integers(128 - d, 128 + d, (64, 64), dtype=np.uint8) for d in (5, 20, 100)]
+    config, plan = plan_config(_config(_write(tmp_path / "c", contrast, masks), in_channels=1), CPU)
+    assert config.data.normalization == "image" and plan.fingerprint.contrast_ratio > 2
+
+    user, _ = plan_config(
+        _config(_write(tmp_path / "d", dark_bright, masks), in_channels=1, normalization="dataset"),
+        CPU,
+    )
+    assert user.data.normalization == "dataset"  # the user's key wins

@@ -14,6 +14,7 @@ from segkit.config import DataConfig
 from segkit.data.io import image_to_float, list_images, read_image
 from segkit.data.masks import load_mask
 from segkit.errors import DataError
+from segkit.normalization import image_statistics
 
 
 def pair_key(path: Path, root: Path) -> str:
@@ -115,8 +116,16 @@ class SegmentationDataset(Dataset):
             }
         # int32 keeps every ignore_index (up to 65535) and is what OpenCV-backed transforms accept.
         out = self.transform(image=image, mask=mask.astype(np.int32))
+        pixels = out["image"].float()
+        if (
+            self.data.normalization == "image"
+        ):  # the whole image's statistics, as predict takes them
+            mean, std = image_statistics(image)
+            pixels = (pixels - torch.from_numpy(mean)[:, None, None]) / torch.from_numpy(std)[
+                :, None, None
+            ]
         return {
-            "image": out["image"].float(),
+            "image": pixels,
             "mask": torch.as_tensor(out["mask"]).long(),
             "name": name,
         }

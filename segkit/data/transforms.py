@@ -17,9 +17,13 @@ from segkit.errors import ConfigError
 STAGES = ("train", "val", "test", "predict")
 
 
-def _normalize(config: SegkitConfig) -> A.Normalize:
+def _normalize(config: SegkitConfig) -> list[A.BasicTransform]:
+    """Per-dataset normalisation; none with ``data.normalization: image``, where the dataset
+    normalises each sample by its whole image's statistics (a crop's own would differ)."""
     data = config.data
-    return A.Normalize(mean=data.resolved_mean(), std=data.resolved_std(), max_pixel_value=1.0)
+    if data.normalization == "image":
+        return []
+    return [A.Normalize(mean=data.resolved_mean(), std=data.resolved_std(), max_pixel_value=1.0)]
 
 
 def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Compose:
@@ -45,7 +49,7 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
                 position="top_left",
                 **pad,
             ),
-            _normalize(config),
+            *_normalize(config),
             ToTensorV2(),
         ]
         return A.Compose(steps, seed=config.run.seed)
@@ -68,7 +72,7 @@ def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Co
         )
     if aug.gamma > 0:
         steps.append(A.RandomGamma(gamma_limit=(80, 120), p=aug.gamma))
-    steps += [_normalize(config), ToTensorV2()]
+    steps += [*_normalize(config), ToTensorV2()]
     return A.Compose(steps, seed=config.run.seed)
 
 

@@ -123,6 +123,11 @@ def export_onnx(
         raise ConfigError(f"export: --output {output} would overwrite the checkpoint it exports")
     bundle = load_bundle(model_path)
     card = bundle.card
+    if normalize_in_graph and card.normalization == "image":
+        raise ConfigError(
+            f"export: {model_path} normalises each image by its own statistics, which a graph "
+            "that sees one tile cannot compute: export without --normalize-in-graph"
+        )
     model = bundle.build_model().float().eval()
 
     def wrap(net: nn.Module, half: bool) -> _ExportWrapper:

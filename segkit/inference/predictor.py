@@ -32,6 +32,7 @@ from segkit.inference.tiling import (
     to_device,
 )
 from segkit.inference.uncertainty import apply_temperature
+from segkit.normalization import image_statistics
 
 Image = np.ndarray | ArrayWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""
@@ -230,10 +231,28 @@ class Predictor:
             x = image_to_float(x)
         return x
 
-    def _runner(self, tta: TTA) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
-        """Batch of prepared tiles -> mean over TTA passes of the probabilities, on the device."""
+    def _normalizer(self, images: Sequence[Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N or 1, C, 1, 1)`` mean and std on the device for tiles of ``images``: the card's,
+        or with per-image normalisation each image's own (:mod:`segkit.normalization`)."""
+        if self.card.normalization == "dataset":
+            return self._mean, self._std
+        stats = [
+            image_statistics(im, lambda rows: image_to_float(self._prepare(rows))) for im in images
+        ]
+        mean, std = (
+            torch.from_numpy(np.stack(v))[:, :, None, None].to(self._device())
+            for v in zip(*stats, strict=True)
+        )
+        return mean, std
+
+    def _runner(
+        self, tta: TTA, images: Sequence[Image]
+    ) -> Callable[[torch.Tensor | np.ndarray], torch.Tensor]:
+        """Batch of prepared tiles of ``images`` (one image's tiles, or one tile per image) ->
+        mean over TTA passes of the probabilities, on the device."""
         transforms = _tta_transforms(tta)
-        device, mean, std = self._device(), self._mean, self._std
+        device = self._device()
+        mean, std = self._normalizer(images)
 
         def run(batch: torch.Tensor | np.ndarray) -> torch.Tensor:
             x = torch.as_tensor(batch).to(device, non_blocking=True)
@@ -260,7 +279,7 @@ class Predictor:
         yield from iter_stitched(
             image,
             grid,
-            self._runner(s.tta),
+            self._runner(s.tta, [image]),
             self.card.num_classes,
             blend=s.blend,
             batch_size=s.batch_size,
@@ -364,11 +383,12 @@ class Predictor:
         if key is None:
             raise ValueError("probs_together takes images that each fit one tile of the same shape")
         s = self.settings()
-        run, device = self._runner(s.tta), self._device()
+        device = self._device()
         per_pass = self.images_per_pass(key)
         out: list[torch.Tensor] = []
         for start in range(0, len(images), per_pass):
             chunk = images[start : start + per_pass]
+            run = self._runner(s.tta, chunk)
             tiles = np.stack(
                 [self._prepare(extract_tile(im, 0, 0, key.tile_h, key.tile_w)) for im in chunk]
             )

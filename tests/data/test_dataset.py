@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.dataset import SegmentationDataset, find_pairs
@@ -197,3 +198,32 @@ def test_workers_get_distinct_augmentation_streams(
     crops = [batch["image"] for batch in loader]
     assert len(crops) == 6
     assert len({tuple(c.flatten()[:64].tolist()) for c in crops}) == 6
+
+
+def test_per_image_normalisation_uses_the_whole_images_statistics(
+    pair_folders: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Each sample is normalised by its own image's mean/std, taken before cropping: the whole
+    image comes out at mean 0 and std 1 per channel, and a darker copy of it comes out the same."""
+    images, masks = pair_folders
+    config = make_config({"normalization": "image", "patch_size": 32})
+    pairs = find_pairs(images, masks)
+    val = SegmentationDataset(pairs, config.data, build_transforms(config, "val", stride=8))
+    x = val[0]["image"]
+    assert x.mean(dim=(1, 2)) == pytest.approx([0.0] * 3, abs=1e-5)
+    assert x.std(dim=(1, 2), unbiased=False) == pytest.approx([1.0] * 3, abs=1e-4)
+
+    darker = tmp_path / "darker"
+    pixels = np.asarray(Image.open(pairs[0][0]))
+    save_png(darker / "images" / "a.png", (pixels // 2).astype(np.uint8))
+    (darker / "masks").mkdir()
+    shutil.copy(pairs[0][1], darker / "masks" / "a.png")
+    dark = SegmentationDataset(
+        find_pairs(darker / "images", darker / "masks"),
+        config.data,
+        build_transforms(config, "val", stride=8),
+    )[0]["image"]
+    assert torch.allclose(dark, x, atol=0.05)  # equal up to the halved image's rounding
+
+    train = SegmentationDataset(pairs, config.data, build_transforms(config, "train"))[0]["image"]
+    assert abs(float(train.mean())) < 0.5  # a crop is near, not exactly at, its image's mean

@@ -433,3 +433,22 @@ def test_an_older_segkits_export_is_read_through_the_converter(trained_bundle, t
     no_config = {k: v for k, v in meta.items() if k != "config"}
     with pytest.raises(ModelError, match=r"old\.onnx: .*without its training config; re-export"):
         onnx_card(no_config, name=old)
+
+
+def test_per_image_normalisation_survives_export_but_not_in_the_graph(tmp_path):
+    """The card carries ``normalization: image`` into the ONNX file, whose predictor then agrees
+    with the checkpoint's; normalising in the graph is refused (one tile has no image statistics)."""
+    from segkit.inference.predictor import Predictor
+    from tests.inference.conftest import make_bundle, shapes_image
+
+    ckpt = make_bundle(tmp_path / "own.ckpt", data={"normalization": "image"}, predict={"tile": 32})
+    with pytest.raises(ConfigError, match="own statistics.*without --normalize-in-graph"):
+        export_onnx(ckpt, tmp_path / "in_graph.onnx", normalize_in_graph=True)
+    assert not (tmp_path / "in_graph.onnx").exists()
+    onnx_path = tmp_path / "own.onnx"
+    export_onnx(ckpt, onnx_path)
+    from_onnx = Predictor.from_path(onnx_path, device="cpu")
+    assert from_onnx.card.normalization == "image"
+    image = shapes_image(48, 40, seed=5)
+    expected = Predictor.from_path(ckpt, device="cpu").predict_proba(image)
+    assert np.allclose(from_onnx.predict_proba(image), expected, atol=1e-4)

@@ -36,7 +36,7 @@ def whole_image_probs(p: Predictor, image: np.ndarray) -> np.ndarray:
     s = p.card.stride
     padded = np.pad(image, ((0, -h % s), (0, -w % s), (0, 0)), mode="reflect")
     x = p._prepare(padded).transpose(2, 0, 1)[None]
-    probs = p._runner("none")(x)[0].cpu().numpy()
+    probs = p._runner("none", [image])(x)[0].cpu().numpy()
     return probs[:, :h, :w]
 
 
@@ -483,3 +483,25 @@ def test_passes_per_tile_counts_the_tta_transforms(bundle_path):
         4,
         8,
     ]
+
+
+def test_per_image_normalisation_makes_predictions_blind_to_brightness_and_contrast(tmp_path):
+    """A model trained with ``data.normalization: image`` normalises each image by its own
+    statistics at predict time: an image and a darker, flatter copy get the same probabilities,
+    tiled or whole, alone or sharing forward passes with other images."""
+    from tests.inference.conftest import make_bundle
+
+    path = make_bundle(tmp_path / "own.ckpt", data={"normalization": "image"}, predict={"tile": 32})
+    p = Predictor.from_path(path, device="cpu")
+    assert p.card.normalization == "image"
+    image = shapes_image(72, 64, seed=4).astype(np.float32) / 255
+    changed = image * 0.4 + 0.1  # every channel: another brightness and contrast
+    probs = p.predict_proba(image)
+    assert np.allclose(p.predict_proba(changed), probs, atol=1e-4)
+    small = [image[:32, :32], changed[:32, :32], image[32:64, 16:48]]
+    together = [t.numpy() for t in p.probs_together(small)]
+    for alone, shared in zip(small, together, strict=True):
+        assert np.allclose(p.predict_proba(alone), shared, atol=1e-5)
+    assert np.allclose(together[0], together[1], atol=1e-4)
+    dataset_wide = Predictor.from_path(make_bundle(tmp_path / "d.ckpt", predict={"tile": 32}))
+    assert not np.allclose(dataset_wide.predict_proba(changed), dataset_wide.predict_proba(image))
