@@ -23,6 +23,7 @@ import torch
 from segmentation_models_pytorch import losses as L
 
 from segkit.models.deep_supervision import DeepSupervision
+from segkit.normalization import image_statistics
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=600)
@@ -38,7 +39,12 @@ p.add_argument("--aug", default="flips")
 p.add_argument("--ema", type=float, default=0)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--seed", type=int, default=0)
-p.add_argument("--norm", default="fixed")
+p.add_argument(
+    "--norm",
+    choices=["fixed", "dataset", "image"],
+    default="fixed",
+    help="mean/std 0.5/0.25, the training slices' own, or each slice's own (segkit's per-image)",
+)
 p.add_argument("--tta", type=int, default=0)
 p.add_argument(
     "--symmetry",
@@ -76,6 +82,18 @@ if a.norm == "fixed":
 else:
     allpx = np.concatenate([t[0].ravel() for t in tr])
     mean, std = float(allpx.mean()), float(allpx.std())
+
+
+def stats(im):
+    """The (mean, std) a slice is normalised with."""
+    if a.norm != "image":
+        return mean, std
+    own_mean, own_std = image_statistics(im)
+    return float(own_mean[0]), float(own_std[0])
+
+
+tr = [(im, lb, stats(im)) for im, lb in tr]
+te = [(im, lb, stats(im)) for im, lb in te]
 SYMMETRY = {
     "all": [A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90()],
     "hflip": [A.HorizontalFlip()],
@@ -155,9 +173,9 @@ t0 = time.time()
 for s in range(a.steps):
     xs, ys = [], []
     for _ in range(a.batch):
-        im, lb = tr[rng.integers(len(tr))]
+        im, lb, (im_mean, im_std) = tr[rng.integers(len(tr))]
         o = tf(image=im, mask=lb)
-        xs.append((o["image"] - mean) / std)
+        xs.append((o["image"] - im_mean) / im_std)
         ys.append(o["mask"])
     x = torch.from_numpy(np.stack(xs))[:, None].contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(np.stack(ys)).long()
@@ -185,8 +203,8 @@ def evaluate(tta):
     errs = []
     inter = union = 0
     with torch.inference_mode():
-        for im, lb in te:
-            x = torch.from_numpy((im - mean) / std)[None, None]
+        for im, lb, (im_mean, im_std) in te:
+            x = torch.from_numpy((im - im_mean) / im_std)[None, None]
             pr = net(x).softmax(1)
             for axes in TTA_FLIPS[a.symmetry] if tta else []:
                 pr = pr + net(x.flip(axes)).softmax(1).flip(axes)

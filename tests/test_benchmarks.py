@@ -90,15 +90,18 @@ def test_bench_recipe_trains_both_sides_and_scores_them_alike(tmp_path):
     assert "pixel error ratio segkit / plain" in stdout
 
 
-@pytest.mark.parametrize("symmetry", ["hflip", "all"])
-def test_recipe_ablation_trains_the_steps_asked_and_scores_with_its_own_views(tmp_path, symmetry):
+@pytest.mark.parametrize(("symmetry", "norm"), [("hflip", "image"), ("all", "fixed")])
+def test_recipe_ablation_trains_the_steps_asked_and_scores_with_its_own_views(
+    tmp_path, symmetry, norm
+):
     data = _fake_membrane(tmp_path / "membrane")
     out = tmp_path / "ablation.jsonl"
     _run("recipe_ablation.py", "--data", str(data), "--steps", "2", "--batch", "2",
          "--crop", "32", "--threads", "1", "--deep-supervision", "1",
-         "--symmetry", symmetry, "--out", str(out))  # fmt: skip
+         "--symmetry", symmetry, "--norm", norm, "--out", str(out))  # fmt: skip
     row = json.loads(out.read_text())
     assert row["steps"] == 2 and row["symmetry"] == symmetry and row["deep_supervision"] == 1
+    assert row["norm"] == norm
     assert 0 <= row["pixel_error"] <= 1 and 0 <= row["pixel_error_tta"] <= 1
 
 
