@@ -428,7 +428,7 @@ def train(
     if config.run.plan:
         config, plan = plan_config(config)
     module = SegmentationModule(config, pretrained=ckpt_path is None)
-    datamodule = SegmentationDataModule(config, stride=module.card.stride)
+    datamodule = SegmentationDataModule(config)
     datamodule.setup("fit")
     if not datamodule.val_pairs:
         raise ConfigError(

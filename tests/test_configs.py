@@ -43,7 +43,7 @@ def test_example_config_builds_its_model_loss_and_augmentation(path):
     import numpy as np
     import torch
 
-    from segkit.data.transforms import build_transforms
+    from segkit.data.transforms import train_transforms
     from segkit.models.build import build_model, model_stride
     from segkit.models.losses import build_loss
 
@@ -60,7 +60,5 @@ def test_example_config_builds_its_model_loss_and_augmentation(path):
     loss.backward()
     assert torch.isfinite(loss)
     image = np.random.default_rng(0).random((80, 72, data.in_channels), dtype=np.float32)
-    out = build_transforms(config, "train", stride=stride)(
-        image=image, mask=np.zeros((80, 72), np.uint8)
-    )
+    out = train_transforms(config)(image=image, mask=np.zeros((80, 72), np.uint8))
     assert tuple(out["image"].shape) == (data.in_channels, 64, 64)

@@ -12,7 +12,6 @@ __all__ = [
     "DataReport",
     "SegmentationDataModule",
     "SegmentationDataset",
-    "build_transforms",
     "check_folders",
     "check_or_raise",
     "decode_mask",
@@ -23,6 +22,7 @@ __all__ = [
     "make_shapes_dataset",
     "read_image",
     "read_mask",
+    "train_transforms",
     "write_image",
 ]
 
@@ -33,7 +33,7 @@ _LAZY = {
     "SegmentationDataModule": "datamodule",
     "SegmentationDataset": "dataset",
     "find_pairs": "dataset",
-    "build_transforms": "transforms",
+    "train_transforms": "transforms",
     "decode_mask": "masks",
     "load_mask": "masks",
     "image_to_float": "io",

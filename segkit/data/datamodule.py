@@ -20,7 +20,7 @@ from torch.utils.data import (
 from segkit.config import SegkitConfig
 from segkit.data.dataset import SegmentationDataset, find_pairs
 from segkit.data.masks import load_mask
-from segkit.data.transforms import build_transforms
+from segkit.data.transforms import train_transforms
 from segkit.errors import ConfigError, DataError
 
 
@@ -84,7 +84,7 @@ def image_weights(dataset: SegmentationDataset) -> np.ndarray | None:
     """Sampling weights that draw images holding a ``data.rare_classes`` pixel ``data.oversample``
     of the time (at least their natural share); None when nothing is oversampled.
 
-    Crops are then centred on those pixels by the transform (see ``build_transforms``): the two
+    Crops are then centred on those pixels by the transform (see ``train_transforms``): the two
     together are what nnU-Net calls foreground oversampling.
     """
     data = dataset.data
@@ -114,12 +114,11 @@ def train_sampler(dataset: SegmentationDataset, batch_size: int) -> Sampler | No
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Train and val loaders from ``config.data``; ``stride`` is the model's output stride (val padding)."""
+    """Train and val loaders from ``config.data``: augmented patches, and whole raw images."""
 
-    def __init__(self, config: SegkitConfig, stride: int = 32) -> None:
+    def __init__(self, config: SegkitConfig) -> None:
         super().__init__()
         self.config = config
-        self.stride = stride
         self.train_pairs: list[tuple[Path, Path]] = []
         self.val_pairs: list[tuple[Path, Path]] = []
         self.train_dataset: SegmentationDataset | None = None
@@ -140,11 +139,10 @@ class SegmentationDataModule(L.LightningDataModule):
                 pairs, data.val_fraction, self.config.run.seed
             )
         self.train_dataset = SegmentationDataset(
-            self.train_pairs, data, build_transforms(self.config, "train")
+            self.train_pairs, data, train_transforms(self.config)
         )
-        self.val_dataset = SegmentationDataset(
-            self.val_pairs, data, build_transforms(self.config, "val", stride=self.stride)
-        )
+        # Whole raw images: validation runs them through the predictor, as predict would.
+        self.val_dataset = SegmentationDataset(self.val_pairs, data)
 
     def _dataloader(self, split: str) -> DataLoader:
         if self.train_dataset is None or self.val_dataset is None:

@@ -1,4 +1,4 @@
-"""Albumentations pipelines built from the config: the one door for augmentation and normalisation.
+"""The training augmentation built from the config with albumentations.
 
 Inputs are float32 ``H x W x C`` images in [0, 1] (any C) and integer ``H x W`` masks; outputs
 are a ``(C, H, W)`` float tensor and an ``(H, W)`` mask tensor. Padding never invents labels: the
@@ -12,9 +12,6 @@ import cv2
 from albumentations.pytorch import ToTensorV2
 
 from segkit.config import SegkitConfig
-from segkit.errors import ConfigError
-
-STAGES = ("train", "val", "test", "predict")
 
 
 def _normalize(config: SegkitConfig) -> list[A.BasicTransform]:
@@ -26,34 +23,14 @@ def _normalize(config: SegkitConfig) -> list[A.BasicTransform]:
     return [A.Normalize(mean=data.resolved_mean(), std=data.resolved_std(), max_pixel_value=1.0)]
 
 
-def build_transforms(config: SegkitConfig, stage: str, stride: int = 32) -> A.Compose:
-    """The albumentations pipeline of a stage.
-
-    ``"train"``: pad to ``patch_size`` (mask ← ignore_index), random crop (part of them on rare
-    classes), optional zoom/rotation and elastic warp, flips, 90° rotations,
-    brightness/contrast and gamma jitter, then normalise. ``"val"`` (also
-    ``"test"``/``"predict"``): pad bottom/right to a multiple of ``stride`` so whole images of any
-    size fit the model, and crop predictions back with ``[:h, :w]``; then normalise.
+def train_transforms(config: SegkitConfig) -> A.Compose:
+    """The training pipeline: pad to ``patch_size`` (mask ← ignore_index), random crop (part of
+    them on rare classes), optional zoom/rotation and elastic warp, flips, 90° rotations,
+    brightness/contrast and gamma jitter, then normalise (per dataset; per image the dataset
+    normalises). Validation does not augment: it runs whole images through the predictor.
     """
-    if stage not in STAGES:
-        raise ConfigError(f"unknown transform stage '{stage}' (allowed: {', '.join(STAGES)})")
     data, aug = config.data, config.augment
     pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": data.ignore_index}
-    if stage != "train":
-        steps: list[A.BasicTransform] = [
-            A.PadIfNeeded(
-                min_height=None,
-                min_width=None,
-                pad_height_divisor=stride,
-                pad_width_divisor=stride,
-                position="top_left",
-                **pad,
-            ),
-            *_normalize(config),
-            ToTensorV2(),
-        ]
-        return A.Compose(steps, seed=config.run.seed)
-
     size = data.patch_size
     steps = [
         A.PadIfNeeded(min_height=size, min_width=size, position="random", **pad),

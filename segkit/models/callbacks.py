@@ -16,13 +16,9 @@ IGNORE_COLOR = (128, 128, 128)
 GAP = 4
 
 
-def _display(image: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
-    """``(C, H, W)`` normalised float -> ``(H, W, 3)`` uint8 for viewing (grey unless C == 3)."""
-    img = (
-        image * np.asarray(std, np.float32)[:, None, None]
-        + np.asarray(mean, np.float32)[:, None, None]
-    )
-    img = img if img.shape[0] == 3 else np.repeat(img[:1], 3, axis=0)
+def _display(image: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` float in [0, 1] -> ``(H, W, 3)`` uint8 for viewing (grey unless C == 3)."""
+    img = image if image.shape[0] == 3 else np.repeat(image[:1], 3, axis=0)
     return (np.clip(img, 0.0, 1.0).transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
@@ -38,20 +34,18 @@ def _colorize(labels: np.ndarray, colors: np.ndarray, ignore_index: int) -> np.n
 def preview_grid(
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     colors: np.ndarray,
-    mean: list[float],
-    std: list[float],
     ignore_index: int,
     max_side: int = 256,
 ) -> Image.Image:
     """One row per sample: image | ground truth | prediction (ignored pixels grey).
 
-    ``samples`` holds ``(image (C,H,W) normalised, mask (H,W), prediction (H,W))``; rows are
+    ``samples`` holds ``(image (C,H,W) in [0, 1], mask (H,W), prediction (H,W))``; rows are
     scaled so that their longer side is at most ``max_side`` pixels.
     """
     rows = []
     for image, mask, pred in samples:
         cells = [
-            Image.fromarray(_display(image, mean, std)),
+            Image.fromarray(_display(image)),
             Image.fromarray(_colorize(mask, colors, ignore_index)),
             Image.fromarray(_colorize(pred, colors, ignore_index)),
         ]
@@ -118,7 +112,7 @@ class ValidationPreview(L.Callback):
         if not samples or trainer.sanity_checking or not trainer.is_global_zero:
             return
         card = ModelCard.model_validate(pl_module.hparams[CARD_KEY])
-        grid = preview_grid(samples, card.color_table, card.mean, card.std, self.ignore_index)
+        grid = preview_grid(samples, card.color_table, self.ignore_index)
         path = (
             Path(trainer.default_root_dir) / "previews" / f"epoch_{trainer.current_epoch:03d}.png"
         )

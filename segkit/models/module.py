@@ -2,7 +2,8 @@
 
 torchgeo-style: ``__init__`` stores the bundle facts with ``save_hyperparameters`` (so every
 checkpoint Lightning writes *is* a segkit bundle that ``torch.load(weights_only=True)`` opens),
-then ``configure_models`` / ``configure_losses`` / ``configure_metrics``; one ``_shared_step``.
+then ``configure_models`` / ``configure_losses`` / ``configure_metrics``. Training steps on
+augmented patches; validation runs whole images through the predictor, as ``segkit predict`` does.
 No method is called ``configure_model`` (singular): Lightning would call it on every
 fit/validate/predict and rebuild the network over loaded weights.
 """
@@ -20,6 +21,8 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from segkit.card import CARD_KEY, ModelCard, is_legacy, validate_card
 from segkit.config import SegkitConfig, load_config
+from segkit.inference.predictor import Predictor
+from segkit.inference.torch_backend import TorchBackend
 from segkit.models.build import build_model, model_stride
 from segkit.models.callbacks import ValidationPreview
 from segkit.models.deep_supervision import DeepSupervision
@@ -112,6 +115,7 @@ class SegmentationModule(L.LightningModule):
         self.last_val_metrics: SegmentationMetrics | None = None
         self.lr_decay: Decay | None = None
         self._budget: Timer | None = None
+        self._val_predictor: Predictor | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -146,17 +150,12 @@ class SegmentationModule(L.LightningModule):
         ``reshape``, which would make the same copy)."""
         return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
-    def _shared_step(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = batch["image"], batch["mask"].long()
-        logits = self(images)
-        loss = self.loss(logits, masks)
-        terms = dict(getattr(self.loss, "last_terms", {}))  # the full-resolution output's
-        n = images.shape[0]
-        train = stage == "train"
-        if train and self.deep_supervision is not None:
-            loss = self.deep_supervision.loss(loss, masks, self.loss)
+    def _log_loss(
+        self, stage: str, loss: torch.Tensor, n: int, terms: dict[str, torch.Tensor] | None = None
+    ) -> None:
         # Validation logs on_epoch only: a per-step sync_dist would deadlock DDP, whose processes
         # may validate one image more or less (see segkit.data.datamodule.val_sampler).
+        train = stage == "train"
         self.log(
             f"{stage}/loss",
             loss,
@@ -166,17 +165,15 @@ class SegmentationModule(L.LightningModule):
             batch_size=n,
             sync_dist=True,
         )
-        if train:
-            for name, value in terms.items():
-                self.log(
-                    f"train/loss_{name}",
-                    value,
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=n,
-                    sync_dist=True,
-                )
-        return loss, logits
+        for name, value in (terms or {}).items():
+            self.log(
+                f"{stage}/loss_{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=True,
+            )
 
     def on_train_start(self) -> None:
         """Find the time budget: Lightning's Timer, present when ``trainer.max_time`` is set."""
@@ -191,17 +188,42 @@ class SegmentationModule(L.LightningModule):
             self.lr_decay.time_progress = elapsed / max(elapsed + remaining, 1e-9)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._shared_step(batch, "train")
+        images, masks = batch["image"], batch["mask"].long()
+        loss = self.loss(self(images), masks)
+        terms = dict(getattr(self.loss, "last_terms", {}))  # the full-resolution output's
+        if self.deep_supervision is not None:
+            loss = self.deep_supervision.loss(loss, masks, self.loss)
+        self._log_loss("train", loss, images.shape[0], terms)
         return loss
 
+    def _validation_predictor(self) -> Predictor:
+        """The engine ``segkit predict`` runs, over the weights being validated (made at the first
+        step of each validation, after callbacks such as EMA have swapped their weights in)."""
+        if self._val_predictor is None:
+            backend = TorchBackend(model=self.model, card=self.card, device=self.device)
+            self._val_predictor = Predictor(backend, tta="none")
+        return self._val_predictor
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        _, logits = self._shared_step(batch, "val")
-        preds = logits.max(1).indices  # = argmax(1), but 5-25x faster over classes on a CPU
-        self.val_confusion.update(preds, batch["mask"].long())
+        """Score whole raw images as predict runs them: normalised, tiled, blended and stitched
+        by the predictor, so the metric that picks the best checkpoint scores the masks
+        ``segkit predict`` will write, for images of any size."""
+        predictor, masks = self._validation_predictor(), batch["mask"].long()
+        probs = torch.stack(
+            [
+                torch.from_numpy(predictor.predict_proba(image.permute(1, 2, 0).cpu().numpy()))
+                for image in batch["image"]
+            ]
+        ).to(self.device)
+        # log(p) as logits: softmax(log p) = p, so the loss scores the stitched probabilities
+        self._log_loss("val", self.loss(probs.clamp_min(1e-8).log(), masks), len(masks))
+        preds = probs.max(1).indices  # = argmax(1), but 5-25x faster over classes on a CPU
+        self.val_confusion.update(preds, masks)
         return {"preds": preds}  # for the preview callback
 
     def on_validation_epoch_end(self) -> None:
         """Log dataset-level metrics from the confusion matrix reduced over all processes."""
+        self._val_predictor = None
         matrix = self.val_confusion.compute()  # torchmetrics sums the state across DDP ranks here
         self.val_confusion.reset()
         metrics = SegmentationMetrics(matrix.cpu().numpy(), self.card.classes)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.dataset import SegmentationDataset, find_pairs
-from segkit.data.transforms import build_transforms
+from segkit.data.transforms import train_transforms
 from segkit.errors import ConfigError, DataError
 from tests.data.conftest import make_config, make_data_config, save_png
 
@@ -64,7 +64,7 @@ def test_dataset_item(pair_folders: tuple[Path, Path]) -> None:
     assert raw["mask"].shape == (40, 48) and raw["mask"].dtype == torch.int64
     assert raw["name"] == "img_0"
     config = make_config({"patch_size": 32})
-    item = SegmentationDataset(pairs, config.data, build_transforms(config, "train"))[0]
+    item = SegmentationDataset(pairs, config.data, train_transforms(config))[0]
     assert item["image"].shape == (3, 32, 32) and item["mask"].dtype == torch.int64
 
 
@@ -80,7 +80,7 @@ def test_dataset_size_mismatch_names_both_files(pair_folders: tuple[Path, Path])
 
 def _module(images: Path, masks: Path, **data: Any) -> SegmentationDataModule:
     return SegmentationDataModule(
-        make_config({"train": {"images": str(images), "masks": str(masks)}, **data}), stride=8
+        make_config({"train": {"images": str(images), "masks": str(masks)}, **data})
     )
 
 
@@ -115,7 +115,8 @@ def test_loaders(pair_folders: tuple[Path, Path]) -> None:
     assert len(batches) == 1 and batches[0]["image"].shape == (3, 3, 64, 64)
     val = list(dm.val_dataloader())
     assert len(val) == 2
-    assert val[0]["image"].shape == (1, 3, 40, 48)  # whole image; 40x48 is a multiple of stride 8
+    assert val[0]["image"].shape == (1, 3, 40, 48)  # the whole raw image, in [0, 1]
+    assert 0 <= float(val[0]["image"].min()) and float(val[0]["image"].max()) <= 1
     small = _module(images, masks, val_fraction=0.34, batch_size=4)
     small.setup("fit")
     assert not small.train_dataloader().drop_last  # not more pairs than a batch: keep them all
@@ -203,27 +204,24 @@ def test_workers_get_distinct_augmentation_streams(
 def test_per_image_normalisation_uses_the_whole_images_statistics(
     pair_folders: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Each sample is normalised by its own image's mean/std, taken before cropping: the whole
-    image comes out at mean 0 and std 1 per channel, and a darker copy of it comes out the same."""
+    """Each training sample is normalised by its own image's mean/std, taken from the whole image
+    before cropping (as predict takes them); a darker copy of the image gives the same sample."""
     images, masks = pair_folders
-    config = make_config({"normalization": "image", "patch_size": 32})
-    pairs = find_pairs(images, masks)
-    val = SegmentationDataset(pairs, config.data, build_transforms(config, "val", stride=8))
-    x = val[0]["image"]
-    assert x.mean(dim=(1, 2)) == pytest.approx([0.0] * 3, abs=1e-5)
-    assert x.std(dim=(1, 2), unbiased=False) == pytest.approx([1.0] * 3, abs=1e-4)
+    steady = {"hflip": 0, "vflip": 0, "rotate90": 0, "color_jitter": 0, "gamma": 0}
+    config = make_config({"normalization": "image", "patch_size": 32}, augment=steady)
+    pairs = find_pairs(images, masks)[:1]
+    x = SegmentationDataset(pairs, config.data, train_transforms(config))[0]["image"]
+    whole = np.asarray(Image.open(pairs[0][0])).astype(np.float32) / 255
+    mean, std = whole.reshape(-1, 3).mean(0), whole.reshape(-1, 3).std(0)
+    crop = x.numpy().transpose(1, 2, 0) * std + mean  # back to [0, 1]: a window of the image
+    windows = np.lib.stride_tricks.sliding_window_view(whole, (32, 32, 3))[..., :, :, :]
+    assert np.abs(windows - crop).max(axis=(-3, -2, -1)).min() < 1e-4
 
     darker = tmp_path / "darker"
-    pixels = np.asarray(Image.open(pairs[0][0]))
-    save_png(darker / "images" / "a.png", (pixels // 2).astype(np.uint8))
+    save_png(darker / "images" / "a.png", (np.asarray(Image.open(pairs[0][0])) // 2))
     (darker / "masks").mkdir()
     shutil.copy(pairs[0][1], darker / "masks" / "a.png")
     dark = SegmentationDataset(
-        find_pairs(darker / "images", darker / "masks"),
-        config.data,
-        build_transforms(config, "val", stride=8),
+        find_pairs(darker / "images", darker / "masks"), config.data, train_transforms(config)
     )[0]["image"]
-    assert torch.allclose(dark, x, atol=0.05)  # equal up to the halved image's rounding
-
-    train = SegmentationDataset(pairs, config.data, build_transforms(config, "train"))[0]["image"]
-    assert abs(float(train.mean())) < 0.5  # a crop is near, not exactly at, its image's mean
+    assert torch.allclose(dark, x, atol=0.05)  # the same crop, equal up to the halving's rounding

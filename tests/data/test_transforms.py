@@ -1,4 +1,4 @@
-"""Transforms: train crops to patch_size with ignore-filled padding, val pads to the stride."""
+"""The training pipeline: crops to patch_size with ignore-filled padding, seeded, aligned."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.data.transforms import build_transforms
-from segkit.errors import ConfigError
+from segkit.data.transforms import train_transforms
 from tests.data.conftest import make_config
 
 
@@ -18,7 +17,7 @@ def _sample(rng: np.random.Generator, h: int, w: int, c: int = 3) -> tuple[np.nd
 def test_train_pads_small_images_with_ignore(rng: np.random.Generator) -> None:
     config = make_config()
     image, mask = _sample(rng, 40, 50)
-    out = build_transforms(config, "train")(image=image, mask=mask)
+    out = train_transforms(config)(image=image, mask=mask)
     assert out["image"].shape == (3, 64, 64) and out["image"].dtype == torch.float32
     assert out["mask"].shape == (64, 64)
     # every original pixel survives (flips/rotations only move them); padding is ignore_index
@@ -28,7 +27,7 @@ def test_train_pads_small_images_with_ignore(rng: np.random.Generator) -> None:
 
 def test_train_crops_large_images_to_patch(rng: np.random.Generator) -> None:
     image, mask = _sample(rng, 100, 130)
-    out = build_transforms(make_config(), "train")(image=image, mask=mask)
+    out = train_transforms(make_config())(image=image, mask=mask)
     assert out["image"].shape == (3, 64, 64)
     assert not bool((out["mask"] == 255).any())
 
@@ -39,7 +38,7 @@ def test_train_is_seeded(rng: np.random.Generator) -> None:
     image, mask = _sample(rng, 100, 130)
 
     def draws(seed: int, n: int = 4) -> list[torch.Tensor]:
-        pipeline = build_transforms(make_config(run={"seed": seed}), "train")
+        pipeline = train_transforms(make_config(run={"seed": seed}))
         return [pipeline(image=image, mask=mask)["image"] for _ in range(n)]
 
     a, b, other = draws(3), draws(3), draws(4)
@@ -49,32 +48,20 @@ def test_train_is_seeded(rng: np.random.Generator) -> None:
     assert not torch.equal(a[0], a[1])  # each call draws anew
 
 
-def test_val_pads_to_stride_top_left_and_normalises(rng: np.random.Generator) -> None:
-    config = make_config()
-    image, mask = _sample(rng, 40, 50)
-    out = build_transforms(config, "val", stride=32)(image=image, mask=mask)
-    assert out["image"].shape == (3, 64, 64)
-    m = out["mask"].numpy()
-    np.testing.assert_array_equal(
-        m[:40, :50], mask
-    )  # the original sits top-left: crop back with [:h, :w]
-    assert (m[40:] == 255).all() and (m[:, 50:] == 255).all()
+def test_train_normalises_per_dataset_and_leaves_per_image_to_the_dataset(
+    rng: np.random.Generator,
+) -> None:
+    image, mask = _sample(rng, 64, 64)
+    config = make_config(
+        augment={"hflip": 0, "vflip": 0, "rotate90": 0, "color_jitter": 0, "gamma": 0}
+    )
+    out = train_transforms(config)(image=image, mask=mask)["image"].numpy()
     mean = np.array(config.data.resolved_mean(), dtype=np.float32)
     std = np.array(config.data.resolved_std(), dtype=np.float32)
-    expected = ((image - mean) / std).transpose(2, 0, 1)
-    np.testing.assert_allclose(out["image"][:, :40, :50].numpy(), expected, rtol=1e-5, atol=1e-5)
-    # an image already a multiple of the stride is not padded
-    image2, mask2 = _sample(rng, 64, 96)
-    assert build_transforms(config, "val", stride=32)(image=image2, mask=mask2)["image"].shape == (
-        3,
-        64,
-        96,
-    )
-    assert build_transforms(config, "val", stride=8)(image=image, mask=mask)["image"].shape == (
-        3,
-        40,
-        56,
-    )
+    np.testing.assert_allclose(out, ((image - mean) / std).transpose(2, 0, 1), atol=1e-5)
+    own = make_config({"normalization": "image"}, augment=config.augment.model_dump())
+    raw = train_transforms(own)(image=image, mask=mask)["image"].numpy()
+    np.testing.assert_allclose(raw, image.transpose(2, 0, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("channels", [1, 5])
@@ -83,17 +70,10 @@ def test_any_channel_count(rng: np.random.Generator, channels: int) -> None:
         {"in_channels": channels}, augment={"scale": [0.75, 1.25], "color_jitter": 1.0}
     )
     image, mask = _sample(rng, 50, 70, channels)
-    train = build_transforms(config, "train")(image=image, mask=mask)
-    val = build_transforms(config, "val")(image=image, mask=mask)
+    train = train_transforms(config)(image=image, mask=mask)
     assert train["image"].shape == (channels, 64, 64)
-    assert val["image"].shape == (channels, 64, 96)
     assert torch.isfinite(train["image"]).all()
     assert set(np.unique(train["mask"].numpy())) <= {0, 1, 255}
-
-
-def test_unknown_stage() -> None:
-    with pytest.raises(ConfigError, match="unknown transform stage 'eval'"):
-        build_transforms(make_config(), "eval")
 
 
 def test_geometric_augmentation_keeps_the_mask_on_the_image(rng: np.random.Generator) -> None:
@@ -108,7 +88,7 @@ def test_geometric_augmentation_keeps_the_mask_on_the_image(rng: np.random.Gener
         data={"mean": [0.0] * 3, "std": [1.0] * 3},
         augment={"scale": [0.8, 1.25], "rotate": 30, "color_jitter": 0, "gamma": 0},
     )
-    pipeline = build_transforms(config, "train")
+    pipeline = train_transforms(config)
     slips = {shift: 0.0 for shift in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]}
     for _ in range(40):
         out = pipeline(image=image, mask=mask)
