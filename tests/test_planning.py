@@ -10,7 +10,7 @@ from PIL import Image
 
 from segkit.cli import main
 from segkit.config import load_config
-from segkit.planning import (
+from segkit.training.plan import (
     UNLIMITED_EPOCHS,
     Device,
     apply_plan,
@@ -186,7 +186,7 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
     import segkit.evaluation
     from segkit.bundle import load_bundle, save_bundle, update_card
     from segkit.models.build import build_model
-    from segkit.planning import TTA_GAIN, measured_tta
+    from segkit.training.plan import TTA_GAIN, measured_tta
     from tests.conftest import TINY_MODEL
 
     config = load_config({"model": TINY_MODEL, "data": {"in_channels": 1}})
@@ -224,13 +224,13 @@ def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
 )
 def test_tta_tries_only_the_views_the_training_showed(flips, modes):
     from segkit.config import AugmentConfig
-    from segkit.planning import tta_candidates
+    from segkit.training.plan import tta_candidates
 
     assert tta_candidates(AugmentConfig(**flips)) == modes
 
 
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
-    from segkit.planning import Fingerprint
+    from segkit.training.plan import Fingerprint
 
     fp = Fingerprint(20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0])
     config = load_config(

@@ -33,10 +33,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from segkit.config import AugmentConfig, SegkitConfig, save_config
-from segkit.epoch_log import EpochLines
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
-from segkit.planning import Plan, plan_config
+from segkit.training.plan import Plan, plan_config
+from segkit.training.progress import EpochLines
 from segkit.utils import atomic_path, temporary_target
 
 MONITOR = "val/mIoU"
@@ -414,8 +414,8 @@ def train(
     """
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
-    from segkit.models.diagnostics import training_warnings
     from segkit.models.module import SegmentationModule
+    from segkit.training.diagnostics import training_warnings
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
     opened_by_caller = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -479,7 +479,7 @@ def _finish_best(
     that it pays, then the temperature, fitted on the predictions users will get."""
     from segkit.bundle import update_card
     from segkit.evaluation import evaluate_pairs, fit_checkpoint_temperature
-    from segkit.planning import measured_tta
+    from segkit.training.plan import measured_tta
 
     if plan is not None and "predict.tta" in plan.reasons():
         without = evaluate_pairs(best, pairs, device=device, tta="none").miou
