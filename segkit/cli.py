@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     if args.print_config:
-        from segkit.planning import annotated_yaml, plan_config
+        from segkit.training.plan import annotated_yaml, plan_config
 
         plan = None
         if config.run.plan and config.data.train is not None:  # the plan reads the data
@@ -270,7 +270,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from segkit.config import load_config
-    from segkit.planning import plan_config
+    from segkit.training.plan import plan_config
 
     config = load_config(args.config, args.overrides)
     config, plan = plan_config(config)

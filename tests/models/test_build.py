@@ -1,4 +1,4 @@
-"""build_model: local encoder weights, offline imagenet (names: tests/test_config_validation.py)."""
+"""build_model: local encoder weights, offline imagenet (names: tests/config/test_validation.py)."""
 
 from __future__ import annotations
 

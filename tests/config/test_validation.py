@@ -123,7 +123,7 @@ def test_unknown_key_in_an_optional_section_lists_the_allowed_keys(key):
 
 
 def test_unknown_key_below_a_plain_value_has_no_empty_allowed_list():
-    from segkit.config import _unknown_key_message
+    from segkit.config.messages import _unknown_key_message
 
     assert _unknown_key_message("data.classes.x") == "unknown key 'data.classes.x'"
 
@@ -172,6 +172,25 @@ def test_a_config_with_declared_trainer_keys_does_not_import_lightning(tmp_path)
         "assert 'lightning' not in sys.modules, 'lightning imported'; "
         "load_config({'trainer': {'gradient_clip_val': 1.0}}); "
         "assert 'lightning' in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_importing_the_schema_imports_no_model_library():
+    """smp and timm are imported by the name checks of `model.arch`/`model.encoder` only, so
+    `import segkit.config` (the CLI's start, a bundle's facts) stays light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import segkit.config; "
+        "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'timm', 'lightning') "
+        "if m in sys.modules]; "
+        "assert not heavy, heavy; "
+        "segkit.config.load_config({'model': {'arch': 'FPN'}}); "
+        "assert 'segmentation_models_pytorch' in sys.modules"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,7 +9,7 @@ import torch
 from segkit.config import load_config
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.training import train
-from tests.test_train import _config
+from tests.training.test_train import _config
 
 
 def test_train_stores_a_fitted_temperature_and_reports_calibration(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from segkit.config import load_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_there_are_examples_for_each_documented_case():
@@ -31,7 +31,7 @@ def test_example_config_validates(path):
 
 
 def test_membrane_example_points_at_the_shared_dataset():
-    config = load_config(Path(__file__).parents[1] / "configs" / "binary_membrane.yaml")
+    config = load_config(Path(__file__).parents[2] / "configs" / "binary_membrane.yaml")
     assert config.data.mask_encoding == "binary" and config.data.in_channels == 1
     assert config.data.train.images.parts[-3:] == ("membrane", "train", "image")
 

@@ -11,7 +11,8 @@ import yaml
 from segkit.cli import main
 from segkit.config import load_config
 from segkit.errors import ConfigError
-from segkit.training import _safe_load, resolve_run_dir
+from segkit.training import resolve_run_dir
+from segkit.training.fit import _safe_load
 
 LAUNCHER_VARIABLES = (
     "RANK",
@@ -106,7 +107,7 @@ def test_only_rank_zero_writes_the_run_folder_and_the_others_take_it(tmp_path, m
     on; the processes launched after it take that folder instead of numbering their own."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from segkit.training import _RUN_DIR_ENV, _start_run_dir
+    from segkit.training.run_dir import _RUN_DIR_ENV, _start_run_dir
 
     monkeypatch.setattr(rank_zero_only, "rank", rank)
     monkeypatch.setenv(_RUN_DIR_ENV, str(tmp_path / "handed"))

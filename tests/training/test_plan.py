@@ -10,11 +10,11 @@ from PIL import Image
 
 from segkit.cli import main
 from segkit.config import load_config
-from segkit.planning import (
+from segkit.training.fingerprint import fingerprint
+from segkit.training.plan import (
     UNLIMITED_EPOCHS,
     Device,
     apply_plan,
-    fingerprint,
     make_plan,
     plan_config,
 )
@@ -180,57 +180,8 @@ def test_plan_command_and_print_config_show_the_reasons(imbalanced, tmp_path, ca
     assert yaml.safe_load(printed)["data"]["rare_classes"] == ["rare"]
 
 
-def test_flip_tta_is_stored_only_when_it_measurably_pays(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    import segkit.evaluation
-    from segkit.bundle import load_bundle, save_bundle, update_card
-    from segkit.models.build import build_model
-    from segkit.planning import TTA_GAIN, measured_tta
-    from tests.conftest import TINY_MODEL
-
-    config = load_config({"model": TINY_MODEL, "data": {"in_channels": 1}})
-    path = save_bundle(tmp_path / "best.ckpt", config, build_model(config.model, 2, 1))
-    augment = config.augment  # flips and quarter turns: every mode may be tried
-    gains = {"hflip": 0.0, "flip": 0.0, "d4": TTA_GAIN / 2}
-    monkeypatch.setattr(
-        segkit.evaluation,
-        "evaluate_pairs",
-        lambda *a, tta=None, **k: SimpleNamespace(miou=0.5 + gains[tta]),
-    )
-    assert measured_tta(path, [], 0.5, "cpu", augment) is None  # neither pays
-    gains.update(hflip=TTA_GAIN / 2, flip=2 * TTA_GAIN, d4=2.5 * TTA_GAIN)
-    decision = measured_tta(path, [], 0.5, "cpu", augment)
-    assert decision is not None and decision.value == "flip"  # d4 adds too little over flip
-    assert "0.5000 without TTA, hflip 0.5005, flip 0.5020" in decision.reason
-    gains["d4"] = 3 * TTA_GAIN
-    assert measured_tta(path, [], 0.5, "cpu", augment).value == "d4"
-    update_card(path, lambda card: card.updated(predict={"tta": decision.value}))
-    assert load_bundle(path).config.predict.tta == "flip"
-    with pytest.raises(Exception, match="tta"):
-        update_card(path, lambda card: card.updated(predict={"tta": "sideways"}))
-    assert load_bundle(path).config.predict.tta == "flip"  # a refused change leaves the file
-
-
-@pytest.mark.parametrize(
-    "flips,modes",
-    [
-        ({}, ["hflip", "flip", "d4"]),
-        ({"vflip": 0, "rotate90": 0}, ["hflip"]),
-        ({"vflip": 0}, ["hflip", "flip", "d4"]),  # a half turn and a flip make the other flip
-        ({"hflip": 0, "rotate90": 0}, []),
-        ({"hflip": 0, "vflip": 0, "rotate90": 0}, []),
-    ],
-)
-def test_tta_tries_only_the_views_the_training_showed(flips, modes):
-    from segkit.config import AugmentConfig
-    from segkit.planning import tta_candidates
-
-    assert tta_candidates(AugmentConfig(**flips)) == modes
-
-
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
-    from segkit.planning import Fingerprint
+    from segkit.training.fingerprint import Fingerprint
 
     # membrane's own: brightness spread 0.23 std, contrast ratio 1.48
     fp = Fingerprint(

@@ -29,7 +29,7 @@ from segkit.training import (
 )
 from tests.conftest import TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUIET = {
     "accelerator": "cpu",
     "enable_progress_bar": False,
@@ -350,10 +350,10 @@ def test_ddp_on_two_cpu_processes_reduces_the_confusion_matrix(tmp_path):
 
 def test_training_logs_to_csv_alone_without_tensorboard(tmp_path, monkeypatch):
     """TensorBoard is an extra: without it the trainer still logs, to metrics.csv."""
-    import segkit.training
+    import segkit.training.trainer
 
     config = load_config({"trainer": dict(QUIET)})
-    assert segkit.training.tensorboard_available()  # the dev extra installs it
-    monkeypatch.setattr(segkit.training, "tensorboard_available", lambda: False)
+    assert segkit.training.trainer.tensorboard_available()  # the dev extra installs it
+    monkeypatch.setattr(segkit.training.trainer, "tensorboard_available", lambda: False)
     trainer, _ = build_trainer(config, tmp_path)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger"]

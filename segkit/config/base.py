@@ -1,0 +1,20 @@
+"""What every config section shares: the strict base model and the allowed values of the
+enumerated options."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+# The allowed values of the enumerated options, in one place: the schema and the option models
+# (segkit.inference.options, whose fields are also the CLI's flags and choices) use these types.
+MaskEncoding = Literal["index", "binary", "palette"]
+Blend = Literal["constant", "gaussian", "cosine"]
+TTA = Literal["none", "hflip", "flip", "d4"]
+MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
+BLENDS: tuple[str, ...] = get_args(Blend)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
