@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from segkit import __version__
 from segkit.config import DataConfig, PredictConfig, SegkitConfig
-from segkit.data.palette import class_colors
 from segkit.errors import ModelError
+from segkit.io.palette import class_colors
 
 BUNDLE_FORMAT = 2
 """1: the facts as separate hyper-parameters (read through :func:`card_from_legacy`); 2: the card."""

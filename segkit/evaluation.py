@@ -40,8 +40,8 @@ def _load_pair(
     image_path: Path, mask_path: Path, data: DataConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     from segkit.data.dataset import check_same_size
-    from segkit.data.io import LOSSY_SUFFIXES, read_image
     from segkit.data.masks import load_mask
+    from segkit.io.images import LOSSY_SUFFIXES, read_image
 
     image = read_image(image_path, in_channels=data.in_channels, max_pixels=data.max_image_pixels)
     try:
@@ -80,7 +80,7 @@ def scored_images(
     """``(mask, blocks)`` of every pair in order: the ``(H, W)`` mask and the image's
     ``(row, col, (K, h, w) probabilities)`` blocks (:meth:`Predictor.blocks_many`; use them
     before asking for the next image). Images are decoded ahead (readahead.py)."""
-    from segkit.inference.readahead import default_workers, header_pixels, read_ahead
+    from segkit.io.readahead import default_workers, header_pixels, read_ahead
 
     masks: deque[np.ndarray] = deque()  # of the images the predictor has taken, not yet scored
 

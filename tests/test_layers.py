@@ -88,7 +88,7 @@ def test_graph_sees_imports_inside_functions_and_relative_ones() -> None:
     # segkit.training imports segkit.bundle inside a function only
     assert "segkit.bundle" in graph["segkit.training"]
     assert "segkit.config" in graph["segkit.training"]
-    assert _absolute("io", 1, "segkit.data.dataset", False) == "segkit.data.io"
+    assert _absolute("images", 1, "segkit.io.sources", False) == "segkit.io.images"
     assert _absolute(None, 2, "segkit.data", True) == "segkit"
     folded = package_graph(
         {"segkit.a.x": {"segkit.b"}, "segkit.b": {"segkit.a.y"}, "segkit.a.y": set()}

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segkit.card import ModelCard, card_from_legacy, is_legacy, validate_card
 from segkit.config import PredictConfig
-from segkit.data.palette import default_colors
 from segkit.errors import ModelError, first_line
+from segkit.io.palette import default_colors
 
 CARD_METADATA_KEY = "segkit.model_card"
 GRAPH_METADATA_KEY = "segkit.export"

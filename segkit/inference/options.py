@@ -13,12 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from segkit.config import TTA, Blend
 from segkit.errors import ConfigError
+from segkit.io.pyramids import PyramidFormat
 
 OutputKind = Literal["index", "color", "overlay", "probs", "entropy", "confidence"]
 """What predict can write: label images, the class probabilities, the uncertainty maps."""
 ProbsDtype = Literal["float16", "uint8"]
-PyramidFormat = Literal["ome-tiff", "ome-zarr"]
-"""Containers of the outputs written as pyramids (see :mod:`segkit.inference.pyramids`)."""
 
 
 def flag_name(field: str) -> str:

@@ -18,8 +18,6 @@ import torch
 
 from segkit.card import ModelCard
 from segkit.config import TTA
-from segkit.data.io import adapt_channels, image_to_float
-from segkit.data.windows import ArrayWindows
 from segkit.errors import ConfigError, DataError, ModelError
 from segkit.inference.backend import Backend, block_width, default_batch_size
 from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
@@ -32,6 +30,8 @@ from segkit.inference.tiling import (
     to_device,
 )
 from segkit.inference.uncertainty import apply_temperature
+from segkit.io.images import adapt_channels, image_to_float
+from segkit.io.windows import ArrayWindows
 
 Image = np.ndarray | ArrayWindows
 """What the predictor reads: an array in memory (or memory-mapped), or a TIFF read by windows."""

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
-from segkit.inference.geo import GeoReference, read_georeference
 from segkit.inference.options import PredictOptions
 from segkit.inference.predictor import (
     BatchKey,
     Predictor,
     consecutive_batches,
 )
-from segkit.inference.readahead import HELD, default_workers, header_pixels, read_ahead
 from segkit.inference.sharding import run_sharded
-from segkit.inference.sources import InputImage, find_inputs, open_image
 from segkit.inference.writers import (
     MANIFEST,
     OutputWriter,
@@ -38,6 +35,9 @@ from segkit.inference.writers import (
     remove_stale_temporaries,
     write_manifest,
 )
+from segkit.io.geo import GeoReference, read_georeference
+from segkit.io.readahead import HELD, default_workers, header_pixels, read_ahead
+from segkit.io.sources import InputImage, find_inputs, open_image
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from segkit.data.windows import ArrayWindows
 from segkit.errors import ConfigError
+from segkit.io.windows import ArrayWindows
 
 GAUSSIAN_SIGMA = 0.125  # of the tile side, as in nnU-Net / MONAI's sliding window
 _MIN_WEIGHT = 1e-3  # per axis: windows stay strictly positive, products stay far from denormals

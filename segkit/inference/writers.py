@@ -1,5 +1,5 @@
 """Prediction outputs (index / color / overlay / probs / entropy / confidence) and the run manifest,
-all written atomically; huge ones as pyramids (:mod:`segkit.inference.pyramids`).
+all written atomically; huge ones as pyramids (:mod:`segkit.io.pyramids`).
 
 Every file of one image goes to a temporary name first and is renamed only when all of them are
 complete, so a failing or killed run never leaves a half-written or partial set of outputs. Write
@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from segkit.card import ModelCard
-from segkit.data.io import image_to_float
-from segkit.data.palette import palette_image
 from segkit.errors import DataError
-from segkit.inference import pyramids
-from segkit.inference.geo import GeoReference, georeference, label_nodata, nodata_mask
 from segkit.inference.labels import HostLabels, label_dtype
 from segkit.inference.options import OutputKind, ProbsDtype
-from segkit.inference.pyramids import (
+from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
+from segkit.io import pyramids
+from segkit.io.geo import GeoReference, georeference, label_nodata, nodata_mask
+from segkit.io.images import image_to_float
+from segkit.io.palette import palette_image
+from segkit.io.pyramids import (
     PYRAMID_FORMATS,
     PYRAMID_SUFFIXES,
     Pyramid,
@@ -35,7 +36,6 @@ from segkit.inference.pyramids import (
     scratch_array,
     write_pyramid,
 )
-from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.utils import atomic_dir, atomic_path, remove_path, temporary_target
 
 OUTPUT_KINDS: tuple[str, ...] = get_args(OutputKind)

@@ -301,7 +301,7 @@ def _special_images(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
-    import segkit.data.io as sio
+    import segkit.io.images as sio
 
     monkeypatch.setattr(sio, "_alpha_warned", False)
     images, masks = tmp_path / "images", tmp_path / "masks"
@@ -322,7 +322,7 @@ def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
 
 
 def test_special_images_are_predicted(bundle, tmp_path, capsys, monkeypatch):
-    import segkit.data.io as sio
+    import segkit.io.images as sio
     from segkit.inference.predictor import Predictor
 
     monkeypatch.setattr(sio, "_alpha_warned", False)

@@ -21,8 +21,7 @@ from segkit.inference.backend import (
 from segkit.inference.labels import HostLabels, argmax_labels
 from segkit.inference.predictor import Predictor, consecutive_batches
 from segkit.inference.tiling import blend_window, make_grid
-
-from .conftest import CLASSES, CountingBackend, colour_scene, shapes_image
+from tests.fixtures import CLASSES, CountingBackend, colour_scene, shapes_image
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from PIL import Image
 from segkit.cli import main
 from segkit.errors import DataError
 from segkit.inference.predictor import Predictor
-from segkit.inference.readahead import header_pixels
 from segkit.inference.run import predict_source
-from segkit.inference.sources import find_inputs, open_image
 from segkit.inference.writers import MANIFEST, read_manifest
-
-from .conftest import CountingBackend, make_bundle, shapes_image
+from segkit.io.readahead import header_pixels
+from segkit.io.sources import find_inputs, open_image
+from tests.fixtures import CountingBackend, make_bundle, shapes_image
 
 
 @pytest.fixture
@@ -334,9 +333,9 @@ def test_the_pixel_limit_is_the_models_and_can_be_set(tmp_path, folder, capsys):
 def test_images_beyond_pils_own_limit_are_predicted(bundle_path, folder, tmp_path, monkeypatch):
     """PIL refuses images over twice its MAX_IMAGE_PIXELS (~179 MP) as decompression bombs;
     predict applies the model's limit instead (1e9 by default), so large PNGs are not refused."""
-    import segkit.data.io
+    import segkit.io.images
 
-    monkeypatch.setattr(segkit.data.io, "_PIL_MAX_PIXELS", 1000)  # a tiny stand-in for PIL's
+    monkeypatch.setattr(segkit.io.images, "_PIL_MAX_PIXELS", 1000)  # a tiny stand-in for PIL's
     summary = predict_source(bundle_path, folder / "a.png", tmp_path / "out", progress=False)
     assert summary.ok == 1 and not summary.failures
 

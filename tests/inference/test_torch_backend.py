@@ -11,8 +11,7 @@ from torch import nn
 from segkit.errors import ModelError
 from segkit.inference.predictor import Predictor
 from segkit.inference.torch_backend import TorchBackend, fold_batch_norms
-
-from .conftest import model_card
+from tests.fixtures import model_card
 
 
 def _conv(out_channels: int) -> nn.Module:

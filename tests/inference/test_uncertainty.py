@@ -13,8 +13,7 @@ from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
 from segkit.inference.uncertainty import apply_temperature, max_probability, normalised_entropy
 from segkit.inference.writers import OutputWriter
-
-from .conftest import model_card, shapes_image
+from tests.fixtures import model_card, shapes_image
 
 
 class PixelBackend:

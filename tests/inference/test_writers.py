@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.data.palette import default_colors
 from segkit.errors import DataError
 from segkit.inference.writers import (
     PNG_MAX_SIDE,
@@ -20,8 +19,8 @@ from segkit.inference.writers import (
     read_manifest,
     write_manifest,
 )
-
-from .conftest import model_card
+from segkit.io.palette import default_colors
+from tests.fixtures import model_card
 
 
 def random_probs(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:

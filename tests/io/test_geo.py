@@ -7,12 +7,11 @@ import builtins
 import numpy as np
 import pytest
 
-from segkit.data.windows import ArrayWindows
-from segkit.inference import geo
 from segkit.inference.run import predict_source
-from segkit.inference.sources import open_image
-
-from .conftest import shapes_image
+from segkit.io import geo
+from segkit.io.sources import open_image
+from segkit.io.windows import ArrayWindows
+from tests.fixtures import shapes_image
 
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402  (rasterio's dependency)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from segkit.data.io import read_header, read_image
-from segkit.data.windows import ArrayWindows
 from segkit.errors import DataError
-from segkit.inference.sources import open_image
+from segkit.io.images import read_header, read_image
+from segkit.io.sources import open_image
+from segkit.io.windows import ArrayWindows
 from tests.data.conftest import save_png
 
 

@@ -15,12 +15,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from segkit.inference.options import PyramidFormat
-
+PyramidFormat = Literal["ome-tiff", "ome-zarr"]
+"""Containers of the outputs written as pyramids."""
 PYRAMID_MIN_PIXELS = 4096 * 4096
 """Outputs with at least this many pixels (of inputs that are not GeoTIFFs) are pyramids."""
 PYRAMID_TILE = 512

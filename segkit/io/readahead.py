@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from segkit.data.io import read_header
+from segkit.io.images import read_header
 
 T = TypeVar("T")
 R = TypeVar("R")

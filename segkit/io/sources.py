@@ -3,7 +3,7 @@ and how to open one.
 
 Uncompressed TIFFs are memory-mapped (tifffile), so a huge image is read tile by tile from the page
 cache; tiled or striped TIFFs (OME-TIFF included) and ``.zarr`` stores are read by windows through
-zarr (:mod:`segkit.data.windows`); everything else is decoded once by ``segkit.data.io``.
+zarr (:mod:`segkit.io.windows`); everything else is decoded once by ``segkit.io.images``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.io import IMAGE_SUFFIXES, check_pixel_type, list_images, read_image
-from segkit.data.windows import ArrayWindows, is_zarr_store, open_tiff_windows, open_zarr
 from segkit.errors import DataError, check_pixel_limit
+from segkit.io.images import IMAGE_SUFFIXES, check_pixel_type, list_images, read_image
+from segkit.io.windows import ArrayWindows, is_zarr_store, open_tiff_windows, open_zarr
 from segkit.utils import is_temporary_file
 
 _MAGIC = ("*", "?", "[")

@@ -10,13 +10,12 @@ import zarr
 from PIL import Image
 
 from segkit.cli import main
-from segkit.data.io import read_header, read_image
-from segkit.data.windows import ArrayWindows
 from segkit.errors import DataError
 from segkit.inference.run import predict_source
-from segkit.inference.sources import find_inputs, open_image
-
-from .conftest import shapes_image
+from segkit.io.images import read_header, read_image
+from segkit.io.sources import find_inputs, open_image
+from segkit.io.windows import ArrayWindows
+from tests.fixtures import shapes_image
 
 
 def _ome_zarr(path, image: np.ndarray) -> None:

@@ -10,13 +10,12 @@ import zarr
 from PIL import Image
 
 from segkit.cli import main
-from segkit.inference import pyramids
 from segkit.inference.predictor import Predictor
-from segkit.inference.pyramids import pyramid_levels
 from segkit.inference.run import predict_source
 from segkit.inference.writers import outputs_exist
-
-from .conftest import model_card
+from segkit.io import pyramids
+from segkit.io.pyramids import pyramid_levels
+from tests.fixtures import model_card
 
 
 class ThresholdBackend:

@@ -1,7 +1,7 @@
 """Georeferenced outputs: a GeoTIFF input's CRS, transform and nodata go into every raster output.
 
 rasterio (the optional extra ``segkit[geo]``) reads the georeferencing from the input's header
-only; the pixels are still read by windows (:mod:`segkit.data.windows`), so a huge
+only; the pixels are still read by windows (:mod:`segkit.io.windows`), so a huge
 GeoTIFF is never loaded whole. Outputs are written as before (into TIFFs, block by block) and then
 georeferenced in place; rasters of at least :data:`COG_MIN_PIXELS` pixels become Cloud-Optimized
 GeoTIFFs (tiled, deflate, with overviews), which GIS tools and web viewers read by parts.

@@ -4,7 +4,7 @@ Every reader returns ``H x W x C`` (images) or ``H x W`` / ``H x W x 3`` (masks)
 native dtype, and every failure becomes one :class:`~segkit.errors.DataError` line that names the
 file and the problem. PIL reads PNG/JPEG/BMP, tifffile reads TIFF (chosen by the file's magic
 bytes, so a misnamed file still reads), OpenCV only 16-bit colour PNGs, which PIL truncates, and
-zarr a ``.zarr`` store (a folder, read as one image: :mod:`segkit.data.windows`).
+zarr a ``.zarr`` store (a folder, read as one image: :mod:`segkit.io.windows`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from segkit.data.palette import palette_image
-from segkit.data.windows import ZARR_SUFFIX, is_zarr_store, open_zarr
 from segkit.errors import DataError, check_pixel_limit
+from segkit.io.palette import palette_image
+from segkit.io.windows import ZARR_SUFFIX, is_zarr_store, open_zarr
 from segkit.utils import atomic_path, is_temporary_file
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})

@@ -8,15 +8,14 @@ import pytest
 import tifffile
 import tifffile.zarr
 
-from segkit.data.windows import MAX_SEGMENT_ROWS, ArrayWindows
 from segkit.errors import DataError
 from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
-from segkit.inference.sources import open_image
 from segkit.inference.tiling import extract_tile
 from segkit.inference.writers import read_manifest
-
-from .conftest import shapes_image
+from segkit.io.sources import open_image
+from segkit.io.windows import MAX_SEGMENT_ROWS, ArrayWindows
+from tests.fixtures import shapes_image
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segkit.data import io
-from segkit.data.io import (
+from segkit.errors import DataError
+from segkit.io import images as image_io
+from segkit.io.images import (
     image_to_float,
     list_images,
     read_header,
@@ -21,7 +22,6 @@ from segkit.data.io import (
     read_mask,
     write_image,
 )
-from segkit.errors import DataError
 from tests.data.conftest import save_png
 
 
@@ -103,7 +103,9 @@ def test_permission_error_is_reported_even_as_root(
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(io, "open", denied, raising=False)  # what chmod 000 does for non-root users
+    monkeypatch.setattr(
+        image_io, "open", denied, raising=False
+    )  # what chmod 000 does for non-root users
     with pytest.raises(DataError, match=r"locked\.png: permission denied"):
         read_mask(path)
 
@@ -261,7 +263,7 @@ def test_multiband_planar_tiff_is_hwc(tmp_path: Path, rng: np.random.Generator) 
 def test_rgba_warns_once_and_drops_alpha(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(io, "_alpha_warned", False)
+    monkeypatch.setattr(image_io, "_alpha_warned", False)
     rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
     path = save_png(tmp_path / "rgba.png", rgba)
     with pytest.warns(UserWarning, match=r"rgba\.png: alpha channel dropped"):

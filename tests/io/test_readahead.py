@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from segkit.inference.readahead import HELD, default_workers, read_ahead
+from segkit.io.readahead import HELD, default_workers, read_ahead
 
 
 def test_results_come_in_input_order_and_a_failure_stays_with_its_item():
