@@ -5,7 +5,7 @@ so the model is never idle on I/O. Consecutive images that each fit one tile of 
 share forward passes (as many as fit in ``batch_size`` full tiles), so small images fill them.
 A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
 sharded over processes (:mod:`segkit.inference.sharding`). Its options are one typed model,
-:class:`~segkit.inference.options.PredictOptions`, whose fields are also ``segkit predict``'s flags.
+:class:`~segkit.engine.options.PredictOptions`, whose fields are also ``segkit predict``'s flags.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
-from segkit.inference.options import PredictOptions
-from segkit.inference.predictor import (
+from segkit.engine.options import PredictOptions
+from segkit.engine.predictor import (
     BatchKey,
     Predictor,
     consecutive_batches,
 )
+from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
 from segkit.inference.sharding import run_sharded
 from segkit.inference.writers import (
     MANIFEST,

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from segkit.card import ModelCard
+from segkit.engine.labels import HostLabels, label_dtype
+from segkit.engine.options import OutputKind, ProbsDtype
+from segkit.engine.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.errors import DataError
-from segkit.inference.labels import HostLabels, label_dtype
-from segkit.inference.options import OutputKind, ProbsDtype
-from segkit.inference.uncertainty import MAP_FUNCTIONS, UNCERTAINTY_MAPS
 from segkit.io import pyramids
 from segkit.io.geo import GeoReference, georeference, label_nodata, nodata_mask
 from segkit.io.images import image_to_float

@@ -323,7 +323,7 @@ def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
 
 def test_special_images_are_predicted(bundle, tmp_path, capsys, monkeypatch):
     import segkit.io.images as sio
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     monkeypatch.setattr(sio, "_alpha_warned", False)
     src = tmp_path / "src"

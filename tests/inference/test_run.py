@@ -11,8 +11,8 @@ import tifffile
 from PIL import Image
 
 from segkit.cli import main
+from segkit.engine.predictor import Predictor
 from segkit.errors import DataError
-from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
 from segkit.inference.writers import MANIFEST, read_manifest
 from segkit.io.readahead import header_pixels
@@ -354,7 +354,7 @@ def test_a_signed_integer_tiff_fails_that_image_naming_it(bundle_path, folder, t
 def test_progress_counts_images_tiles_not_tta_passes(bundle_path, tmp_path, monkeypatch, tta):
     """The tiles bar counts the image's tiles once, whatever the TTA passes per tile."""
     import segkit.inference.run as run
-    from segkit.inference.tiling import make_grid
+    from segkit.engine.tiling import make_grid
 
     counted = {"planned": 0, "done": 0, "images": 0}
 

@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from segkit.cli import main
-from segkit.inference.predictor import Predictor
+from segkit.engine.predictor import Predictor
 from segkit.inference.run import predict_source
 from segkit.inference.writers import outputs_exist
 from segkit.io import pyramids

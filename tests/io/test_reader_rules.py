@@ -53,7 +53,7 @@ def test_the_files_do_reach_the_readers_named(tmp_path):
 
 
 def test_reading_and_predicting_adapt_channels_alike(tmp_path, bundle_path, gray_bundle_path):
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -8,10 +8,10 @@ import pytest
 import tifffile
 import tifffile.zarr
 
+from segkit.engine.predictor import Predictor
+from segkit.engine.tiling import extract_tile
 from segkit.errors import DataError
-from segkit.inference.predictor import Predictor
 from segkit.inference.run import predict_source
-from segkit.inference.tiling import extract_tile
 from segkit.inference.writers import read_manifest
 from segkit.io.sources import open_image
 from segkit.io.windows import MAX_SEGMENT_ROWS, ArrayWindows

@@ -1,7 +1,7 @@
 """``Predictor``: one tiled, memory-bounded engine over a torch checkpoint or an ONNX file.
 
 Everything it knows about the model is the backend's :class:`~segkit.card.ModelCard`. Tiling
-options (:class:`~segkit.inference.options.TileOptions`) left at ``None`` take the card's
+options (:class:`~segkit.engine.options.TileOptions`) left at ``None`` take the card's
 ``predict`` defaults, so ``Predictor.from_path(p).predict(img)`` does what training intended.
 """
 
@@ -18,18 +18,18 @@ import torch
 
 from segkit.card import ModelCard
 from segkit.config import TTA
-from segkit.errors import ConfigError, DataError, ModelError
-from segkit.inference.backend import Backend, block_width, default_batch_size
-from segkit.inference.labels import HostLabels, argmax_labels, label_dtype
-from segkit.inference.options import TileOptions
-from segkit.inference.tiling import (
+from segkit.engine.backend import Backend, block_width, default_batch_size
+from segkit.engine.labels import HostLabels, argmax_labels, label_dtype
+from segkit.engine.options import TileOptions
+from segkit.engine.tiling import (
     TileGrid,
     extract_tile,
     iter_stitched,
     make_grid,
     to_device,
 )
-from segkit.inference.uncertainty import apply_temperature
+from segkit.engine.uncertainty import apply_temperature
+from segkit.errors import ConfigError, DataError, ModelError
 from segkit.io.images import adapt_channels, image_to_float
 from segkit.io.windows import ArrayWindows
 
@@ -101,7 +101,7 @@ class Settings:
 
 
 class Predictor:
-    """Tiled inference with blending and TTA over any :class:`~segkit.inference.backend.Backend`."""
+    """Tiled inference with blending and TTA over any :class:`~segkit.engine.backend.Backend`."""
 
     def __init__(
         self,
@@ -154,7 +154,7 @@ class Predictor:
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         if path.suffix.lower() == ".onnx":
-            from segkit.inference.onnx_backend import OnnxBackend
+            from segkit.engine.onnx_backend import OnnxBackend
 
             backend: Backend = OnnxBackend.from_path(path, device=device, **facts)
         else:
@@ -162,7 +162,7 @@ class Predictor:
                 raise ConfigError(
                     f"{path}: {', '.join(sorted(facts))} only apply to .onnx models; a checkpoint carries its own"
                 )
-            from segkit.inference.torch_backend import TorchBackend
+            from segkit.engine.torch_backend import TorchBackend
 
             backend = TorchBackend.from_path(path, device)
         return cls(

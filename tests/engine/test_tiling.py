@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segkit.config import BLENDS
-from segkit.errors import ConfigError
-from segkit.inference.tiling import (
+from segkit.engine.tiling import (
     BlockStitcher,
     blend_window,
     extract_tile,
@@ -19,6 +18,7 @@ from segkit.inference.tiling import (
     overlap_pixels,
     reflect_indices,
 )
+from segkit.errors import ConfigError
 
 sizes = st.integers(1, 300)
 strides = st.sampled_from([1, 8, 32])

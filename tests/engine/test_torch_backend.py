@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from segkit.engine.predictor import Predictor
+from segkit.engine.torch_backend import TorchBackend, fold_batch_norms
 from segkit.errors import ModelError
-from segkit.inference.predictor import Predictor
-from segkit.inference.torch_backend import TorchBackend, fold_batch_norms
 from tests.fixtures import model_card
 
 

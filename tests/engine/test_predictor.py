@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.errors import ConfigError, DataError, ModelError
-from segkit.inference import backend
-from segkit.inference.backend import (
+from segkit.engine import backend
+from segkit.engine.backend import (
     CPU_BATCH_SIZE,
     CPU_BLOCK_WIDTH,
     GPU_BATCH_SIZE,
     block_width,
     default_batch_size,
 )
-from segkit.inference.labels import HostLabels, argmax_labels
-from segkit.inference.predictor import Predictor, consecutive_batches
-from segkit.inference.tiling import blend_window, make_grid
+from segkit.engine.labels import HostLabels, argmax_labels
+from segkit.engine.predictor import Predictor, consecutive_batches
+from segkit.engine.tiling import blend_window, make_grid
+from segkit.errors import ConfigError, DataError, ModelError
 from tests.fixtures import CLASSES, CountingBackend, colour_scene, shapes_image
 
 
@@ -51,7 +51,7 @@ def test_predictor_is_built_from_the_card_alone(bundle_path):
     """What the predictor knows of the model is its backend's card: the same network under
     another card tiles, blends, augments, normalises and scales as that card says."""
     from segkit.bundle import load_bundle
-    from segkit.inference.torch_backend import TorchBackend
+    from segkit.engine.torch_backend import TorchBackend
 
     bundle = load_bundle(bundle_path)
     predict = {"tile": 32, "overlap": 0.5, "blend": "cosine", "tta": "flip", "batch_size": 3}

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from segkit.card import ModelCard
+from segkit.engine.onnx_metadata import graph_facts, onnx_card
 from segkit.errors import ModelError, first_line
-from segkit.export.metadata import graph_facts, onnx_card
 
 _INT_TYPES = (
     "tensor(uint8)",

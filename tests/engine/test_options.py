@@ -9,8 +9,8 @@ import pytest
 from pydantic import Field
 
 from segkit.cli import _option_flags, _parser, main
+from segkit.engine.options import InferenceOptions, PredictOptions, flag_name
 from segkit.errors import ConfigError
-from segkit.inference.options import InferenceOptions, PredictOptions, flag_name
 from segkit.inference.run import predict_source
 
 
@@ -115,7 +115,7 @@ def test_every_uncertainty_map_can_be_saved():
     """``OutputKind`` names the maps by hand (a Literal); the maps themselves live in uncertainty."""
     from typing import get_args
 
-    from segkit.inference.options import OutputKind
-    from segkit.inference.uncertainty import UNCERTAINTY_MAPS
+    from segkit.engine.options import OutputKind
+    from segkit.engine.uncertainty import UNCERTAINTY_MAPS
 
     assert set(UNCERTAINTY_MAPS) <= set(get_args(OutputKind))

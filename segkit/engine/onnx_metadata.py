@@ -5,6 +5,9 @@ under ``hyper_parameters["model_card"]``; ``segkit.export`` describes the graph 
 its head, whether it normalises, ...), which a checkpoint does not have. Also serves ONNX files
 segkit did not write (their card is made from what the caller supplies and the input shape) and
 exports of older segkits (one key per fact, read through :func:`segkit.card.card_from_legacy`).
+
+This is the reading side, which the engine's onnxruntime backend needs; the export writes the two
+entries (:func:`segkit.export.onnx.write_onnx_metadata`).
 """
 
 from __future__ import annotations
@@ -166,20 +169,6 @@ def graph_facts(meta: dict[str, str], integer_output: bool, name: str | Path) ->
             f"{name}: malformed {GRAPH_METADATA_KEY} metadata: {first_line(e)}"
         ) from None
     return GraphFacts(head="labels" if integer_output else "logits")
-
-
-def write_onnx_metadata(path: Path, card: ModelCard, graph: GraphFacts) -> None:
-    """Replace the ``metadata_props`` of the ONNX file at ``path`` with the two segkit entries."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    proto.metadata_props.add(key=CARD_METADATA_KEY, value=card.model_dump_json())
-    proto.metadata_props.add(key=GRAPH_METADATA_KEY, value=graph.model_dump_json())
-    proto.doc_string = (
-        f"segkit export: the model card is JSON in metadata_props['{CARD_METADATA_KEY}']"
-    )
-    onnx.save(proto, str(path))
 
 
 def _json(meta: dict[str, str], key: str, name: str | Path) -> Any:

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 import torch
 
-from segkit.inference.predictor import Predictor
+from segkit.engine.predictor import Predictor
+from segkit.engine.uncertainty import apply_temperature, max_probability, normalised_entropy
 from segkit.inference.run import predict_source
-from segkit.inference.uncertainty import apply_temperature, max_probability, normalised_entropy
 from segkit.inference.writers import OutputWriter
 from tests.fixtures import model_card, shapes_image
 
