@@ -53,7 +53,7 @@ def segkit_child(args: argparse.Namespace) -> dict:
     from PIL import Image
 
     from segkit.engine.predictor import Predictor
-    from segkit.inference.run import predict_source
+    from segkit.pipeline.run import predict_source
 
     predictor = Predictor.from_path(args.model, device=args.device, batch_size=args.batch_size)
     paths = sorted(args.images.glob("*.png"))

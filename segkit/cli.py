@@ -308,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from segkit.inference.run import predict_source
+    from segkit.pipeline.run import predict_source
 
     options = _options_from(args, PredictOptions)
     summary = predict_source(args.model, args.source, args.output, options)

@@ -84,7 +84,7 @@ def run_demo(
     from segkit.data.checks import check_config_data
     from segkit.evaluation import evaluate
     from segkit.export.onnx import export_onnx
-    from segkit.inference.run import predict_source
+    from segkit.pipeline.run import predict_source
     from segkit.training import train
 
     console = console or Console()

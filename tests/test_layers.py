@@ -45,7 +45,7 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(node.module, node.level, name, path.name == "__init__.py")
-                # `from segkit.inference import run` imports the submodule segkit.inference.run
+                # `from segkit.inference import run` imports the submodule segkit.pipeline.run
                 targets = [
                     f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                     for alias in node.names

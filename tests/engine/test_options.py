@@ -11,7 +11,7 @@ from pydantic import Field
 from segkit.cli import _option_flags, _parser, main
 from segkit.engine.options import InferenceOptions, PredictOptions, flag_name
 from segkit.errors import ConfigError
-from segkit.inference.run import predict_source
+from segkit.pipeline.run import predict_source
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:

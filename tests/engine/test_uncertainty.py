@@ -11,8 +11,8 @@ import torch
 
 from segkit.engine.predictor import Predictor
 from segkit.engine.uncertainty import apply_temperature, max_probability, normalised_entropy
-from segkit.inference.run import predict_source
-from segkit.inference.writers import OutputWriter
+from segkit.pipeline.run import predict_source
+from segkit.pipeline.writers import OutputWriter
 from tests.fixtures import model_card, shapes_image
 
 

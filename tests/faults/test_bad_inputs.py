@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 
 from segkit.cli import main
-from segkit.inference.writers import MANIFEST, read_manifest
+from segkit.pipeline.writers import MANIFEST, read_manifest
 
 from .conftest import config_dict, error_lines, picture, save_png, temporaries, write_config
 

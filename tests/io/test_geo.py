@@ -7,10 +7,10 @@ import builtins
 import numpy as np
 import pytest
 
-from segkit.inference.run import predict_source
 from segkit.io import geo
 from segkit.io.sources import open_image
 from segkit.io.windows import ArrayWindows
+from segkit.pipeline.run import predict_source
 from tests.fixtures import shapes_image
 
 rasterio = pytest.importorskip("rasterio")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from segkit.inference.writers import _write_labels
 from segkit.io.images import write_image
 from segkit.io.palette import default_colors
+from segkit.pipeline.writers import _write_labels
 
 
 def test_masks_and_predicted_index_files_are_the_same_palette_png(tmp_path):

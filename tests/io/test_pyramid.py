@@ -11,10 +11,10 @@ from PIL import Image
 
 from segkit.cli import main
 from segkit.engine.predictor import Predictor
-from segkit.inference.run import predict_source
-from segkit.inference.writers import outputs_exist
 from segkit.io import pyramids
 from segkit.io.pyramids import pyramid_levels
+from segkit.pipeline.run import predict_source
+from segkit.pipeline.writers import outputs_exist
 from tests.fixtures import model_card
 
 

@@ -11,10 +11,10 @@ import tifffile.zarr
 from segkit.engine.predictor import Predictor
 from segkit.engine.tiling import extract_tile
 from segkit.errors import DataError
-from segkit.inference.run import predict_source
-from segkit.inference.writers import read_manifest
 from segkit.io.sources import open_image
 from segkit.io.windows import MAX_SEGMENT_ROWS, ArrayWindows
+from segkit.pipeline.run import predict_source
+from segkit.pipeline.writers import read_manifest
 from tests.fixtures import shapes_image
 
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from segkit.cli import main
 from segkit.errors import DataError
-from segkit.inference.run import predict_source
 from segkit.io.images import read_header, read_image
 from segkit.io.sources import find_inputs, open_image
 from segkit.io.windows import ArrayWindows
+from segkit.pipeline.run import predict_source
 from tests.fixtures import shapes_image
 
 

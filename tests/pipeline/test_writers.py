@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from segkit.errors import DataError
-from segkit.inference.writers import (
+from segkit.io.palette import default_colors
+from segkit.pipeline.writers import (
     PNG_MAX_SIDE,
     OutputWriter,
     output_path,
@@ -19,7 +20,6 @@ from segkit.inference.writers import (
     read_manifest,
     write_manifest,
 )
-from segkit.io.palette import default_colors
 from tests.fixtures import model_card
 
 
@@ -167,7 +167,7 @@ def test_large_colour_and_overlay_tiffs_hold_what_the_pngs_hold(tmp_path, monkey
     (edge tiles partial): the pixels are those of the PNG path."""
     import tifffile
 
-    import segkit.inference.writers as writers
+    import segkit.pipeline.writers as writers
 
     _, _, pngs = write_all(tmp_path / "png", save=("color", "overlay"))
     monkeypatch.setattr(writers, "PNG_MAX_SIDE", 20)  # 37 x 29 is "large" now

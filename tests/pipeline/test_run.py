@@ -13,10 +13,10 @@ from PIL import Image
 from segkit.cli import main
 from segkit.engine.predictor import Predictor
 from segkit.errors import DataError
-from segkit.inference.run import predict_source
-from segkit.inference.writers import MANIFEST, read_manifest
 from segkit.io.readahead import header_pixels
 from segkit.io.sources import find_inputs, open_image
+from segkit.pipeline.run import predict_source
+from segkit.pipeline.writers import MANIFEST, read_manifest
 from tests.fixtures import CountingBackend, make_bundle, shapes_image
 
 
@@ -234,7 +234,7 @@ def test_small_images_are_decoded_a_pass_ahead_large_ones_one_per_worker(
     """While a forward pass of small images runs, the images of the next passes are already
     handed to the decoders (else the model waits for them on a fast GPU); large images are read
     at most three ahead, however many workers decode and however many images follow."""
-    import segkit.inference.run as run_module
+    import segkit.pipeline.run as run_module
 
     probed: list[str] = []  # each input's header is read just before it is handed to a decoder
 
@@ -353,7 +353,7 @@ def test_a_signed_integer_tiff_fails_that_image_naming_it(bundle_path, folder, t
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_progress_counts_images_tiles_not_tta_passes(bundle_path, tmp_path, monkeypatch, tta):
     """The tiles bar counts the image's tiles once, whatever the TTA passes per tile."""
-    import segkit.inference.run as run
+    import segkit.pipeline.run as run
     from segkit.engine.tiling import make_grid
 
     counted = {"planned": 0, "done": 0, "images": 0}

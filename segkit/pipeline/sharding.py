@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ModelError
-from segkit.inference.writers import MANIFEST, read_manifest, write_manifest
 from segkit.io.sources import InputImage
+from segkit.pipeline.writers import MANIFEST, read_manifest, write_manifest
 
 ShardJob = Callable[[list[InputImage], Path, str | None, int, int], list[dict[str, Any]]]
 """``job(items, output, device, rank, world)`` -> the manifest records of ``items``, written under

@@ -4,7 +4,7 @@ Decoding runs ahead of the model and encoding/writing runs behind it, each in ba
 so the model is never idle on I/O. Consecutive images that each fit one tile of the same shape
 share forward passes (as many as fit in ``batch_size`` full tiles), so small images fill them.
 A bad image is recorded as failed and the run goes on. With ``devices > 1`` the images are
-sharded over processes (:mod:`segkit.inference.sharding`). Its options are one typed model,
+sharded over processes (:mod:`segkit.pipeline.sharding`). Its options are one typed model,
 :class:`~segkit.engine.options.PredictOptions`, whose fields are also ``segkit predict``'s flags.
 """
 
@@ -26,8 +26,11 @@ from segkit.engine.predictor import (
     consecutive_batches,
 )
 from segkit.errors import ConfigError, DataError, ModelError, SegkitError, first_line
-from segkit.inference.sharding import run_sharded
-from segkit.inference.writers import (
+from segkit.io.geo import GeoReference, read_georeference
+from segkit.io.readahead import HELD, default_workers, header_pixels, read_ahead
+from segkit.io.sources import InputImage, find_inputs, open_image
+from segkit.pipeline.sharding import run_sharded
+from segkit.pipeline.writers import (
     MANIFEST,
     OutputWriter,
     output_path,
@@ -35,9 +38,6 @@ from segkit.inference.writers import (
     remove_stale_temporaries,
     write_manifest,
 )
-from segkit.io.geo import GeoReference, read_georeference
-from segkit.io.readahead import HELD, default_workers, header_pixels, read_ahead
-from segkit.io.sources import InputImage, find_inputs, open_image
 
 
 @dataclass
