@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segkit.errors import ConfigError
 
 # The allowed values of the enumerated options, in one place: the schema and the option models
-# (segkit.engine.options, whose fields are also the CLI's flags and choices) use these types.
+# (segkit.inference.options, whose fields are also the CLI's flags and choices) use these types.
 MaskEncoding = Literal["index", "binary", "palette"]
 Blend = Literal["constant", "gaussian", "cosine"]
 TTA = Literal["none", "hflip", "flip", "d4"]
