@@ -52,8 +52,8 @@ def segkit_child(args: argparse.Namespace) -> dict:
     batch (cuDNN and onnxruntime plan each batch shape once)."""
     from PIL import Image
 
-    from segkit.inference.predictor import Predictor
-    from segkit.inference.run import predict_source
+    from segkit.engine.predictor import Predictor
+    from segkit.pipeline.run import predict_source
 
     predictor = Predictor.from_path(args.model, device=args.device, batch_size=args.batch_size)
     paths = sorted(args.images.glob("*.png"))
@@ -81,7 +81,7 @@ def loop_child(args: argparse.Namespace) -> dict:
     import torch
     from PIL import Image
 
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     backend = Predictor.from_path(args.model, device=args.device).backend
     device = torch.device(getattr(backend, "device", "cpu"))

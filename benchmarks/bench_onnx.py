@@ -80,8 +80,8 @@ def main() -> None:
 
     from segkit.bundle import save_bundle
     from segkit.config import load_config
+    from segkit.engine.torch_backend import fold_batch_norms
     from segkit.export import export_onnx
-    from segkit.inference.torch_backend import fold_batch_norms
     from segkit.models.build import build_model
 
     threads = args.threads or torch.get_num_threads()

@@ -139,7 +139,7 @@ def _monai(
     import torch
     from monai.inferers import sliding_window_inference
 
-    from segkit.inference.tiling import blend_window
+    from segkit.engine.tiling import blend_window
 
     mean = torch.tensor(predictor.card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(predictor.card.std, device=device).view(1, -1, 1, 1)
@@ -215,7 +215,7 @@ def child(args: argparse.Namespace) -> dict:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torch
 
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     predictor = Predictor.from_path(
         args.model,

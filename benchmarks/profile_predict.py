@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from bench_predict import OVERLAP, TILE, FixedProbs, make_model
 
-from segkit.inference.predictor import Predictor
+from segkit.engine.predictor import Predictor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,8 @@ __all__ = [
 
 _LAZY = {
     "ModelCard": "segkit.card",
-    "PredictOptions": "segkit.inference.options",
-    "Predictor": "segkit.inference.predictor",
+    "PredictOptions": "segkit.engine.options",
+    "Predictor": "segkit.engine.predictor",
     "SegkitConfig": "segkit.config",
     "load_config": "segkit.config",
     "load_bundle": "segkit.bundle",

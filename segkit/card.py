@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from segkit import __version__
 from segkit.config import DataConfig, PredictConfig, SegkitConfig
-from segkit.data.palette import class_colors
 from segkit.errors import ModelError
+from segkit.io.palette import class_colors
 from segkit.normalization import Normalization
 
 BUNDLE_FORMAT = 2

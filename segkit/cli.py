@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_or
 
 from segkit import __version__
 from segkit.config import MASK_ENCODINGS
+from segkit.engine.options import InferenceOptions, Options, PredictOptions, flag_name
 from segkit.errors import ConfigError, SegkitError
-from segkit.inference.options import InferenceOptions, Options, PredictOptions, flag_name
 
 OptionsT = TypeVar("OptionsT", bound=Options)
 
@@ -308,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from segkit.inference.run import predict_source
+    from segkit.pipeline.run import predict_source
 
     options = _options_from(args, PredictOptions)
     summary = predict_source(args.model, args.source, args.output, options)

@@ -65,8 +65,8 @@ def write_demo_data(root: Path) -> tuple[dict[str, Any], Path]:
 
     Returns the dataset description (:func:`make_shapes_dataset`) and the folder of larger images.
     """
-    from segkit.data.io import write_image
     from segkit.data.synthetic import make_shape_sample, make_shapes_dataset
+    from segkit.io.images import write_image
 
     data = make_shapes_dataset(root / "data", n_train=48, n_val=12, size=128, seed=0)
     new = root / "data" / "new"
@@ -84,7 +84,7 @@ def run_demo(
     from segkit.data.checks import check_config_data
     from segkit.evaluation import evaluate
     from segkit.export.onnx import export_onnx
-    from segkit.inference.run import predict_source
+    from segkit.pipeline.run import predict_source
     from segkit.training import train
 
     console = console or Console()

@@ -1,6 +1,6 @@
 """``segkit evaluate``: per-class metrics of a model on image/mask pairs.
 
-Predictions come from :class:`segkit.inference.predictor.Predictor` (the engine ``predict`` uses,
+Predictions come from :class:`segkit.engine.predictor.Predictor` (the engine ``predict`` uses,
 so a ``.ckpt`` and its ``.onnx`` export are evaluated the same way, tiles and TTA included); masks
 are decoded with the model's own data settings (classes, encoding, palette, ignore_index).
 """
@@ -40,8 +40,8 @@ def _load_pair(
     image_path: Path, mask_path: Path, data: DataConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     from segkit.data.dataset import check_same_size
-    from segkit.data.io import LOSSY_SUFFIXES, read_image
     from segkit.data.masks import load_mask
+    from segkit.io.images import LOSSY_SUFFIXES, read_image
 
     image = read_image(image_path, in_channels=data.in_channels, max_pixels=data.max_image_pixels)
     try:
@@ -59,10 +59,10 @@ def _load_pair(
 def scoring_predictor(
     model_path: str | Path, device: str | None = None, **options: Any
 ) -> tuple[Any, DataConfig]:
-    """The :class:`~segkit.inference.predictor.Predictor` of ``model_path`` at temperature 1 (the
+    """The :class:`~segkit.engine.predictor.Predictor` of ``model_path`` at temperature 1 (the
     network's own probabilities: scorers apply the model's temperature themselves, to report
     both) and the data settings its masks are read with. ``options``: tile, overlap, ..."""
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     model_path = Path(model_path)
     predictor = Predictor.from_path(model_path, device=device, temperature=1.0, **options)
@@ -80,7 +80,7 @@ def scored_images(
     """``(mask, blocks)`` of every pair in order: the ``(H, W)`` mask and the image's
     ``(row, col, (K, h, w) probabilities)`` blocks (:meth:`Predictor.blocks_many`; use them
     before asking for the next image). Images are decoded ahead (readahead.py)."""
-    from segkit.inference.readahead import default_workers, header_pixels, read_ahead
+    from segkit.io.readahead import default_workers, header_pixels, read_ahead
 
     masks: deque[np.ndarray] = deque()  # of the images the predictor has taken, not yet scored
 
@@ -140,8 +140,8 @@ def evaluate_pairs(
     batch_size: int | None = None,
 ) -> EvaluationMetrics:
     """Metrics of ``model_path`` on explicit ``(image, mask)`` pairs (train uses its val split)."""
-    from segkit.inference.labels import HostLabels, label_dtype
-    from segkit.inference.uncertainty import apply_temperature
+    from segkit.engine.labels import HostLabels, label_dtype
+    from segkit.engine.uncertainty import apply_temperature
     from segkit.models.calibration import CalibrationStats, calibration_summary
 
     model_path = Path(model_path)

@@ -133,7 +133,7 @@ def test_the_card_json_round_trips(bundle):
 def test_a_module_recreated_from_a_checkpoint_keeps_its_card(bundle, tmp_path):
     """``load_from_checkpoint`` passes the stored hyper-parameters back: the module takes the
     stored card (decisions after training included) and reads no pretrained weights."""
-    from segkit.models.module import SegmentationModule
+    from segkit.training.module import SegmentationModule
 
     path = tmp_path / "m.ckpt"
     path.write_bytes(bundle.read_bytes())

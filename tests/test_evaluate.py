@@ -71,7 +71,7 @@ def _write_pair(root: Path, name: str, pred: np.ndarray, truth: np.ndarray, pale
 @pytest.fixture
 def echo_predictor(monkeypatch):
     """Predictor.from_path opens an EchoPredictor: its masks are the images' values."""
-    from segkit.inference import predictor as predictor_module
+    from segkit.engine import predictor as predictor_module
 
     monkeypatch.setattr(
         predictor_module.Predictor,
@@ -195,7 +195,7 @@ def test_onnx_export_evaluates_like_the_checkpoint(real_pairs, tmp_path):
 def test_small_images_sharing_forward_passes_score_the_same(tmp_path, monkeypatch):
     """evaluate predicts through Predictor.predict_many: at batch 4 the small images share
     passes, and the confusion matrix is the one of one image per pass."""
-    from segkit.inference.predictor import Predictor
+    from segkit.engine.predictor import Predictor
 
     shared: list[int] = []
     together = Predictor.probs_together

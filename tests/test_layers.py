@@ -1,4 +1,5 @@
-"""segkit's modules import one way: no circle among them, counting imports inside functions.
+"""segkit's modules import one way: no circle among them, and no module imports one of a higher
+layer (:data:`LAYERS`), counting imports inside functions.
 
 An import hidden in a function body still ties the two modules together (each needs the other
 to work), so every ``import``/``from ... import`` node at any depth is an edge here.
@@ -45,7 +46,7 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(node.module, node.level, name, path.name == "__init__.py")
-                # `from segkit.inference import run` imports the submodule segkit.inference.run
+                # `from segkit.pipeline import run` imports the submodule segkit.pipeline.run
                 targets = [
                     f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                     for alias in node.names
@@ -88,7 +89,7 @@ def test_graph_sees_imports_inside_functions_and_relative_ones() -> None:
     # segkit.training.run_dir imports segkit.bundle inside a function only
     assert "segkit.bundle" in graph["segkit.training.run_dir"]
     assert "segkit.config" in graph["segkit.training.run_dir"]
-    assert _absolute("io", 1, "segkit.data.dataset", False) == "segkit.data.io"
+    assert _absolute("images", 1, "segkit.io.sources", False) == "segkit.io.images"
     assert _absolute(None, 2, "segkit.data", True) == "segkit"
     folded = package_graph(
         {"segkit.a.x": {"segkit.b"}, "segkit.b": {"segkit.a.y"}, "segkit.a.y": set()}
@@ -97,7 +98,7 @@ def test_graph_sees_imports_inside_functions_and_relative_ones() -> None:
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    """The module graph with each subpackage (``segkit.inference``, ...) folded into one node;
+    """The module graph with each subpackage (``segkit.engine``, ...) folded into one node;
     top-level modules (``segkit.bundle``, ...) stay nodes of their own."""
 
     def node(module: str) -> str:
@@ -117,9 +118,84 @@ def test_no_import_circles_between_modules() -> None:
 
 
 def test_no_import_circles_between_packages() -> None:
-    """A package is one layer: inference must not need export while export needs inference."""
+    """A package is one unit: the engine must not need export while export needs the engine."""
     cycle = find_cycle(package_graph(import_graph()))
     assert cycle is None, "import circle between packages: " + " -> ".join(cycle or [])
+
+
+LAYERS: list[tuple[str, list[str]]] = [
+    ("base", ["segkit", "segkit.errors", "segkit.utils", "segkit.config", "segkit.normalization"]),
+    ("io", ["segkit.io"]),
+    ("model", ["segkit.card", "segkit.bundle", "segkit.models.build"]),
+    ("engine", ["segkit.engine"]),
+    ("export", ["segkit.export"]),
+    ("data", ["segkit.data", "segkit.models"]),
+    ("pipeline", ["segkit.pipeline", "segkit.evaluation"]),
+    ("training", ["segkit.training"]),
+    ("app", ["segkit.cli", "segkit.demo", "segkit.__main__"]),
+]
+"""segkit's layers, lowest first: a module may import its own layer and those below, never one
+above. An entry names a module or a package (all its submodules, ``segkit.config.*`` included);
+the longest entry that matches decides (``segkit.models.build`` is below the engine, the rest of
+``segkit.models`` above it). ``segkit`` itself is base: its public names are imported lazily, by
+name, when first used. Export sits right above the engine, so it can use only the engine, the
+model card, io and base. The rule in words: CONTRIBUTING.md, "Layout"."""
+
+
+def layer_of(module: str, layers: list[tuple[str, list[str]]]) -> int | None:
+    """Index in ``layers`` of ``module``'s layer (longest matching entry), None when unlisted."""
+    best: tuple[int, int] | None = None  # (entry length, layer index)
+    for index, (_, entries) in enumerate(layers):
+        for entry in entries:
+            root = "." not in entry  # the top package names itself only, not everything
+            if module == entry or (not root and module.startswith(entry + ".")):
+                if best is None or len(entry) > best[0]:
+                    best = (len(entry), index)
+    return None if best is None else best[1]
+
+
+def upward_imports(
+    graph: dict[str, set[str]], layers: list[tuple[str, list[str]]]
+) -> tuple[list[str], list[str]]:
+    """The imports of a module of a higher layer (``a (low) imports b (high)``), and the modules
+    no layer lists."""
+    upward, unlisted = [], []
+    for module in sorted(graph):
+        here = layer_of(module, layers)
+        if here is None:
+            unlisted.append(module)
+            continue
+        for target in sorted(graph[module]):
+            there = layer_of(target, layers)
+            if there is not None and there > here:
+                upward.append(f"{module} ({layers[here][0]}) imports {target} ({layers[there][0]})")
+    return upward, unlisted
+
+
+def test_upward_imports_are_found() -> None:
+    layers = [("low", ["segkit", "segkit.lo", "segkit.pkg.base"]), ("high", ["segkit.pkg"])]
+    graph = {
+        "segkit": set(),
+        "segkit.lo.x": {"segkit.pkg.base"},  # same layer, through the longer entry: fine
+        "segkit.lo.y": {"segkit.pkg.top"},  # up: found
+        "segkit.pkg.top": {"segkit.lo.x", "segkit"},  # down: fine
+        "segkit.pkg.base": set(),
+        "segkit.stray": {"segkit.pkg.top"},  # in no layer ("segkit" names itself only)
+    }
+    assert upward_imports(graph, layers) == (
+        ["segkit.lo.y (low) imports segkit.pkg.top (high)"],
+        ["segkit.stray"],
+    )
+    assert layer_of("segkit.config.schema", LAYERS) == 0
+    assert layer_of("segkit.training.loggers", LAYERS) == layer_of("segkit.training.plan", LAYERS)
+    assert layer_of("segkit.models.build", LAYERS) < layer_of("segkit.engine.predictor", LAYERS)
+    assert layer_of("segkit.training.module", LAYERS) > layer_of("segkit.engine.predictor", LAYERS)
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    upward, unlisted = upward_imports(import_graph(), LAYERS)
+    assert unlisted == [], "modules in no layer (add them to LAYERS): " + ", ".join(unlisted)
+    assert upward == [], "imports of a higher layer:\n" + "\n".join(upward)
 
 
 def _private(name: str) -> bool:

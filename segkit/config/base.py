@@ -8,7 +8,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 # The allowed values of the enumerated options, in one place: the schema and the option models
-# (segkit.inference.options, whose fields are also the CLI's flags and choices) use these types.
+# (segkit.engine.options, whose fields are also the CLI's flags and choices) use these types.
 MaskEncoding = Literal["index", "binary", "palette"]
 Blend = Literal["constant", "gaussian", "cosine"]
 TTA = Literal["none", "hflip", "flip", "d4"]

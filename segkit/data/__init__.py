@@ -1,4 +1,5 @@
-"""Data: read images and masks, decode mask encodings, pair, augment, load, and check datasets.
+"""Data: decode mask encodings, pair, augment, load, and check datasets (reading images and
+masks is :mod:`segkit.io.images`; its names are re-exported here).
 
 Submodules import torch/albumentations lazily through this package's attributes, so
 ``import segkit.data`` stays cheap for the CLI.
@@ -27,21 +28,21 @@ __all__ = [
 ]
 
 _LAZY = {
-    "DataReport": "checks",
-    "check_folders": "checks",
-    "check_or_raise": "checks",
-    "SegmentationDataModule": "datamodule",
-    "SegmentationDataset": "dataset",
-    "find_pairs": "dataset",
-    "train_transforms": "transforms",
-    "decode_mask": "masks",
-    "load_mask": "masks",
-    "image_to_float": "io",
-    "list_images": "io",
-    "read_image": "io",
-    "read_mask": "io",
-    "write_image": "io",
-    "make_shapes_dataset": "synthetic",
+    "DataReport": "segkit.data.checks",
+    "check_folders": "segkit.data.checks",
+    "check_or_raise": "segkit.data.checks",
+    "SegmentationDataModule": "segkit.data.datamodule",
+    "SegmentationDataset": "segkit.data.dataset",
+    "find_pairs": "segkit.data.dataset",
+    "train_transforms": "segkit.data.transforms",
+    "decode_mask": "segkit.data.masks",
+    "load_mask": "segkit.data.masks",
+    "image_to_float": "segkit.io.images",
+    "list_images": "segkit.io.images",
+    "read_image": "segkit.io.images",
+    "read_mask": "segkit.io.images",
+    "write_image": "segkit.io.images",
+    "make_shapes_dataset": "segkit.data.synthetic",
 }
 
 
@@ -49,5 +50,5 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"segkit.data.{_LAZY[name]}"), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'segkit.data' has no attribute {name!r}")

@@ -15,9 +15,9 @@ import numpy as np
 
 from segkit.config import DataConfig, SegkitConfig
 from segkit.data.dataset import check_same_size, index_by_key, pair_key, unpaired
-from segkit.data.io import LOSSY_SUFFIXES, list_images, read_header, read_image
 from segkit.data.masks import load_mask, mask_histogram
 from segkit.errors import ConfigError, DataError
+from segkit.io.images import LOSSY_SUFFIXES, list_images, read_header, read_image
 
 MAX_LINES = 20
 

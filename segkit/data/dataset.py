@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.config import DataConfig
-from segkit.data.io import image_to_float, list_images, read_image
 from segkit.data.masks import load_mask
 from segkit.errors import DataError
+from segkit.io.images import image_to_float, list_images, read_image
 from segkit.normalization import image_statistics
 
 

@@ -146,7 +146,7 @@ def decode_mask(raw: np.ndarray, data: DataConfig, path: Path | None = None) -> 
 
 def load_mask(path: Path, data: DataConfig) -> np.ndarray:
     """Read and decode a mask file in one step (palette PNGs give colours only for palette encoding)."""
-    from segkit.data.io import read_mask
+    from segkit.io.images import read_mask
 
     raw = read_mask(
         path, max_pixels=data.max_image_pixels, palette_to_rgb=data.mask_encoding == "palette"

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segkit.config import MASK_ENCODINGS
-from segkit.data.io import write_image
 from segkit.errors import ConfigError
+from segkit.io.images import write_image
 
 SHAPE_CLASSES = ["background", "circle", "rectangle", "triangle"]
 SHAPE_PALETTE: dict[str, tuple[int, int, int]] = {

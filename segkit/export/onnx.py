@@ -1,10 +1,10 @@
-"""Export a segkit bundle to a verified, self-describing ONNX file (reading it back: ``metadata``).
+"""Export a segkit bundle to a verified, self-describing ONNX file (read back: engine.onnx_metadata).
 
 The graph is checked with ``onnx.checker`` and run with onnxruntime against the eager torch model
 on two input shapes before it is moved into place, so a file under the final name has passed
 verification. Its ``metadata_props`` carry the checkpoint's model card (classes, colours,
 normalisation, stride, recommended tiling, the training config) and what the graph is
-(:mod:`segkit.export.metadata`), so ``segkit predict model.onnx`` needs no config.
+(:mod:`segkit.engine.onnx_metadata`), so ``segkit predict model.onnx`` needs no config.
 
 Exporter choice: the TorchScript exporter (``dynamo=False``) is 10-50x faster than the
 torch.export-based one on smp models and keeps batch/height/width dynamic for every smp
@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.errors import ConfigError, ModelError, first_line
-from segkit.export.metadata import (
+from segkit.card import ModelCard
+from segkit.engine.onnx_metadata import (
+    CARD_METADATA_KEY,
+    GRAPH_METADATA_KEY,
     HEADS,
     GraphFacts,
     onnx_card,
     read_onnx_metadata,
-    write_onnx_metadata,
 )
+from segkit.errors import ConfigError, ModelError, first_line
 from segkit.utils import atomic_path
 
 __all__ = ["export_onnx", "onnx_card", "read_onnx_metadata"]
@@ -296,3 +298,17 @@ def _verify(
             diff = float(np.max(np.abs(got.astype(np.float32) - expected))) if got.size else 0.0
         worst = max(worst, diff) if not math.isnan(diff) else math.inf
     return worst
+
+
+def write_onnx_metadata(path: Path, card: ModelCard, graph: GraphFacts) -> None:
+    """Replace the ``metadata_props`` of the ONNX file at ``path`` with the two segkit entries."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=CARD_METADATA_KEY, value=card.model_dump_json())
+    proto.metadata_props.add(key=GRAPH_METADATA_KEY, value=graph.model_dump_json())
+    proto.doc_string = (
+        f"segkit export: the model card is JSON in metadata_props['{CARD_METADATA_KEY}']"
+    )
+    onnx.save(proto, str(path))

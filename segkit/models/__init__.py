@@ -1,4 +1,4 @@
-"""Models, losses, metrics and the LightningModule (imported lazily: torch/Lightning load on use)."""
+"""Networks, losses, metrics and calibration (imported lazily: torch loads on use)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 __all__ = [
     "ConfusionMatrix",
     "SegmentationMetrics",
-    "SegmentationModule",
     "build_loss",
     "build_model",
     "model_stride",
@@ -19,7 +18,6 @@ _LAZY = {
     "build_loss": "segkit.models.losses",
     "ConfusionMatrix": "segkit.models.metrics",
     "SegmentationMetrics": "segkit.models.metrics",
-    "SegmentationModule": "segkit.models.module",
 }
 
 

@@ -3,7 +3,7 @@
 One scalar ``T`` divides the logits: ``softmax(z / T)``. It is fitted after training by minimising
 the negative log-likelihood of the validation pixels (``torch.optim.LBFGS`` on ``log T``), stored
 in the bundle (``hyper_parameters["temperature"]``) and the ONNX metadata, and applied at predict
-time to the blended probabilities (:func:`segkit.inference.uncertainty.apply_temperature`), which
+time to the blended probabilities (:func:`segkit.engine.uncertainty.apply_temperature`), which
 never changes the arg-max. The logits fitted here are the log of the probabilities the predictor
 blends, the same quantity the temperature is applied to at predict time.
 

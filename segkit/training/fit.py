@@ -68,8 +68,8 @@ def train(
     """
     from segkit.data.checks import check_or_raise
     from segkit.data.datamodule import SegmentationDataModule
-    from segkit.models.module import SegmentationModule
     from segkit.training.diagnostics import training_warnings
+    from segkit.training.module import SegmentationModule
 
     L.seed_everything(config.run.seed, workers=True, verbose=False)
     opened_by_caller = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from segkit.data import io
 from segkit.data.checks import check_config_data, check_folders, check_or_raise
 from segkit.errors import ConfigError, DataError
+from segkit.io import images as image_io
 from tests.data.conftest import make_config, make_data_config, save_png
 
 
@@ -52,7 +52,7 @@ def test_each_problem_kind(
         images / "img_4.png", rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
     )  # RGBA (warning)
 
-    monkeypatch.setattr(io, "_alpha_warned", False)
+    monkeypatch.setattr(image_io, "_alpha_warned", False)
     with pytest.warns(UserWarning, match="alpha"):  # read_image's own one-time warning
         report = check_folders(images, masks, make_data_config())
     assert not report.ok

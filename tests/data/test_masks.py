@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from segkit.data.io import write_image
 from segkit.data.masks import decode_mask, load_mask, mask_histogram
 from segkit.errors import DataError
+from segkit.io.images import write_image
 from tests.data.conftest import make_data_config
 
 PALETTE = {

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from segkit.data.dataset import find_pairs
-from segkit.data.io import read_image
 from segkit.data.masks import load_mask
 from segkit.data.synthetic import SHAPE_CLASSES, SHAPE_PALETTE, make_shapes_dataset
 from segkit.errors import ConfigError
+from segkit.io.images import read_image
 from tests.data.conftest import make_data_config
 
 

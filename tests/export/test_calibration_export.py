@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from segkit.bundle import load_bundle, save_bundle
+from segkit.engine.predictor import Predictor
 from segkit.evaluation import evaluate_pairs, fit_checkpoint_temperature
 from segkit.export import export_onnx, read_onnx_metadata
-from segkit.inference.predictor import Predictor
 from tests.export.conftest import synthetic_batch
 
 

@@ -15,15 +15,15 @@ import torch
 
 from segkit.bundle import load_bundle
 from segkit.config import load_config
+from segkit.engine.onnx_backend import OnnxBackend
 from segkit.errors import ConfigError, ModelError
 from segkit.export import export_onnx, onnx_card, read_onnx_metadata
-from segkit.inference.onnx_backend import OnnxBackend
 from tests.export.conftest import CLASSES, synthetic_batch
 
 
 def _predictor() -> type:
-    """The Predictor (skips until segkit.inference.predictor has landed)."""
-    return pytest.importorskip("segkit.inference.predictor").Predictor
+    """The Predictor (skips until segkit.engine.predictor has landed)."""
+    return pytest.importorskip("segkit.engine.predictor").Predictor
 
 
 def _normalised(images: torch.Tensor, bundle) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_metadata_holds_the_checkpoints_card(trained_bundle, exported):
 
 def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
     """onnxruntime hands tiles back on the CPU even when its CUDA provider runs the network."""
-    from segkit.inference.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+    from segkit.engine.backend import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 
     p = _predictor().from_path(exported[0], device="cpu")
     p.card = p.card.updated(predict={"batch_size": None})  # the model recommends none
@@ -99,7 +99,7 @@ def test_onnx_default_batch_size_follows_where_the_network_runs(exported):
 def test_cpu_session_uses_torchs_thread_count(exported):
     """`segkit predict --devices N` sets torch's threads per process; onnxruntime must follow,
     else N sessions each start a thread per core."""
-    from segkit.inference.onnx_backend import OnnxBackend
+    from segkit.engine.onnx_backend import OnnxBackend
 
     before = torch.get_num_threads()
     try:
@@ -294,7 +294,7 @@ def test_cuda_request_without_cuda_provider(exported):
 def test_cuda_provider_is_chosen_when_onnxruntime_has_it(monkeypatch):
     """onnxruntime-gpu: CUDA first (CPU as fallback for unsupported nodes), on the GPU asked for;
     ``--device cpu`` keeps to the CPU. (The GPU run itself needs onnxruntime-gpu and a GPU.)"""
-    from segkit.inference.onnx_backend import _providers
+    from segkit.engine.onnx_backend import _providers
 
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: available)
@@ -438,8 +438,8 @@ def test_an_older_segkits_export_is_read_through_the_converter(trained_bundle, t
 def test_per_image_normalisation_survives_export_but_not_in_the_graph(tmp_path):
     """The card carries ``normalization: image`` into the ONNX file, whose predictor then agrees
     with the checkpoint's; normalising in the graph is refused (one tile has no image statistics)."""
-    from segkit.inference.predictor import Predictor
-    from tests.inference.conftest import make_bundle, shapes_image
+    from segkit.engine.predictor import Predictor
+    from tests.fixtures import make_bundle, shapes_image
 
     ckpt = make_bundle(tmp_path / "own.ckpt", data={"normalization": "image"}, predict={"tile": 32})
     with pytest.raises(ConfigError, match="own statistics.*without --normalize-in-graph"):

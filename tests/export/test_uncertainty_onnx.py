@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tifffile
 
-from segkit.inference.run import predict_source
+from segkit.pipeline.run import predict_source
 
 
 def test_onnx_maps_agree_with_the_checkpoint(trained_bundle, exported, test_image, tmp_path):

@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 
 from segkit.cli import main
-from segkit.inference.writers import MANIFEST, read_manifest
+from segkit.pipeline.writers import MANIFEST, read_manifest
 
 from .conftest import config_dict, error_lines, picture, save_png, temporaries, write_config
 
@@ -301,7 +301,7 @@ def _special_images(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
-    import segkit.data.io as sio
+    import segkit.io.images as sio
 
     monkeypatch.setattr(sio, "_alpha_warned", False)
     images, masks = tmp_path / "images", tmp_path / "masks"
@@ -322,8 +322,8 @@ def test_special_images_pass_check_data(tmp_path, capsys, monkeypatch):
 
 
 def test_special_images_are_predicted(bundle, tmp_path, capsys, monkeypatch):
-    import segkit.data.io as sio
-    from segkit.inference.predictor import Predictor
+    import segkit.io.images as sio
+    from segkit.engine.predictor import Predictor
 
     monkeypatch.setattr(sio, "_alpha_warned", False)
     src = tmp_path / "src"

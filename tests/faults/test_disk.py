@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import segkit.inference.writers as writers
+import segkit.pipeline.writers as writers
 from segkit.cli import main
-from segkit.inference.writers import MANIFEST, read_manifest
+from segkit.pipeline.writers import MANIFEST, read_manifest
 
 from .conftest import error_lines, picture, save_png, temporaries
 

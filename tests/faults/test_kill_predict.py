@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segkit.cli import main
-from segkit.inference.writers import MANIFEST, read_manifest
+from segkit.pipeline.writers import MANIFEST, read_manifest
 from segkit.utils import is_temporary_file
 
 from .conftest import kill_when, picture, python_cmd, save_png, segkit_cmd, start, temporaries
@@ -21,7 +21,7 @@ OPTIONS = ["--save", "index", "color", "--workers", "1", "--tta", "flip"]
 STALL_MID_WRITE = """
 import sys, time
 from pathlib import Path
-import segkit.inference.writers as w
+import segkit.pipeline.writers as w
 real, calls = w._write_rgb, []
 def stalled(tmp, *args):
     calls.append(tmp)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from segkit.inference.uncertainty import apply_temperature
+from segkit.engine.uncertainty import apply_temperature
 from segkit.models.calibration import (
     CalibrationStats,
     PixelSample,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from segkit.bundle import load_bundle
 from segkit.config import load_config
 from segkit.errors import ConfigError
-from segkit.models.module import SegmentationModule
+from segkit.training.module import SegmentationModule
 from tests.conftest import TINY_MODEL
 from tests.models.test_module import RandomSegmentation, _fit
 

@@ -15,9 +15,9 @@ from segkit.config import load_config
 from segkit.data.datamodule import SegmentationDataModule, image_weights
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.models.metrics import SegmentationMetrics
-from segkit.models.module import Decay, warmup_then
 from segkit.training import train
 from segkit.training.diagnostics import loss_gap, never_predicted
+from segkit.training.module import Decay, warmup_then
 from segkit.training.plan import UNLIMITED_EPOCHS
 from tests.conftest import TINY_MODEL
 

@@ -19,7 +19,6 @@ from segkit.bundle import load_bundle, save_bundle
 from segkit.config import load_config
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.errors import ConfigError, DataError
-from segkit.models.module import SegmentationModule
 from segkit.training import (
     AtomicCheckpointIO,
     build_trainer,
@@ -27,6 +26,7 @@ from segkit.training import (
     resolve_run_dir,
     train,
 )
+from segkit.training.module import SegmentationModule
 from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]

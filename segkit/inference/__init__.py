@@ -1,1 +1,0 @@
-"""Tiled, memory-bounded inference over torch or onnxruntime backends."""
