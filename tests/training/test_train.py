@@ -279,7 +279,7 @@ DDP_SCRIPT = """
 import json, os, sys
 from pathlib import Path
 from segkit.config import load_config
-from segkit.models import module as M
+from segkit.training import module as M
 from segkit.training import train
 
 out = Path(sys.argv[1])
@@ -357,3 +357,32 @@ def test_training_logs_to_csv_alone_without_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setattr(segkit.training.trainer, "tensorboard_available", lambda: False)
     trainer, _ = build_trainer(config, tmp_path)
     assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger"]
+
+
+def test_validation_scores_what_predict_writes_tiles_included(tmp_path):
+    """Validation runs whole images through the predictor: with a tile smaller than the images
+    (tiles, overlap, blending), the logged val mIoU is what ``evaluate`` of the checkpoint gives."""
+    import csv
+
+    from segkit.evaluation import evaluate
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=8, n_val=3, size=64, seed=1)
+    config = load_config(
+        _config(
+            data,
+            tmp_path / "runs",
+            trainer={"max_epochs": 1},
+            predict={"tile": 32, "overlap": 0.5, "blend": "gaussian"},
+            run={"name": "tiled"},
+        )
+    )
+    result = train(config)
+    with (result.run_dir / "logs" / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    logged = [float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")]
+    assert len(logged) == 1
+    scored = evaluate(
+        result.last_checkpoint, data["val_images"], data["val_masks"], device="cpu", tta="none"
+    )
+    assert load_bundle(result.last_checkpoint).card.tile == 32
+    assert logged[0] == pytest.approx(scored.miou, abs=1e-6)
