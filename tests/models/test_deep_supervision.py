@@ -13,7 +13,7 @@ from segkit.config import load_config
 from segkit.errors import ConfigError
 from segkit.training.module import SegmentationModule
 from tests.conftest import TINY_MODEL
-from tests.models.test_module import RandomSegmentation, _fit
+from tests.training.test_module import RandomSegmentation, _fit
 
 
 def _config(deep_supervision: bool = True, arch: str = "Unet"):
