@@ -6,7 +6,16 @@ per topic of sections (``data``, ``model``, ``optimization``, ``run``, ``predict
 ``messages`` (the wording of config errors). Import the public names from ``segkit.config``.
 """
 
-from segkit.config.base import BLENDS, MASK_ENCODINGS, TTA, Blend, MaskEncoding
+from segkit.config.base import (
+    BLENDS,
+    MASK_ENCODINGS,
+    TTA,
+    BatchSize,
+    Blend,
+    MaskEncoding,
+    Overlap,
+    TileSize,
+)
 from segkit.config.data import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig, SplitConfig
 from segkit.config.loading import load_config, parse_overrides, save_config
 from segkit.config.model import WEIGHT_SUFFIXES, ModelConfig, is_weights_file
@@ -23,17 +32,20 @@ __all__ = [
     "TTA",
     "WEIGHT_SUFFIXES",
     "AugmentConfig",
+    "BatchSize",
     "Blend",
     "DataConfig",
     "LossConfig",
     "MaskEncoding",
     "ModelConfig",
     "OptimizerConfig",
+    "Overlap",
     "PredictConfig",
     "RunConfig",
     "SchedulerConfig",
     "SegkitConfig",
     "SplitConfig",
+    "TileSize",
     "TrainerConfig",
     "config_reference",
     "is_weights_file",

@@ -3,9 +3,9 @@ enumerated options."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # The allowed values of the enumerated options, in one place: the schema and the option models
 # (segkit.engine.options, whose fields are also the CLI's flags and choices) use these types.
@@ -14,6 +14,12 @@ Blend = Literal["constant", "gaussian", "cosine"]
 TTA = Literal["none", "hflip", "flip", "d4"]
 MASK_ENCODINGS: tuple[str, ...] = get_args(MaskEncoding)
 BLENDS: tuple[str, ...] = get_args(Blend)
+
+# The ranges of the tiling options, in one place for the stored predict defaults and the options
+# of a predict call.
+TileSize = Annotated[int, Field(ge=16)]
+Overlap = Annotated[float, Field(ge=0)]
+BatchSize = Annotated[int, Field(ge=1)]
 
 
 class _Section(BaseModel):

@@ -11,7 +11,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from segkit.config import TTA, Blend
+from segkit.config import TTA, BatchSize, Blend, Overlap, TileSize
 from segkit.errors import ConfigError
 from segkit.io.pyramids import PyramidFormat
 
@@ -51,19 +51,15 @@ class Options(BaseModel):
 class TileOptions(Options):
     """How an image is cut into tiles and put back together."""
 
-    tile: int | None = Field(
-        None, ge=1, description="tile size in pixels (default: from the model)"
-    )
-    overlap: float | None = Field(
+    tile: TileSize | None = Field(None, description="tile size in pixels (default: from the model)")
+    overlap: Overlap | None = Field(
         None,
-        ge=0,
         description="tile overlap: fraction < 1 or pixels >= 1 (default: from the model)",
     )
     blend: Blend | None = Field(None, description="blend window of overlapping tiles")
     tta: TTA | None = Field(None, description="test-time augmentation")
-    batch_size: int | None = Field(
+    batch_size: BatchSize | None = Field(
         None,
-        ge=1,
         description="tiles per forward pass (default: the model's, else 8 on a GPU and 1 on a "
         "CPU); images smaller than a tile are packed into the same pixels, several per pass",
     )

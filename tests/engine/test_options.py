@@ -86,7 +86,7 @@ def test_flags_parse_into_the_model():
     [
         ({"blend": "box"}, "--blend 'box': Input should be 'constant', 'gaussian' or 'cosine'"),
         ({"tta": "rot"}, "--tta 'rot': Input should be 'none', 'hflip', 'flip' or 'd4'"),
-        ({"tile": 0}, "--tile 0: Input should be greater than or equal to 1"),
+        ({"tile": 8}, "--tile 8: Input should be greater than or equal to 16"),
         ({"overlap": -0.5}, "--overlap -0.5: Input should be greater than or equal to 0"),
         ({"batch_size": 0}, "--batch-size 0: Input should be greater than or equal to 1"),
         ({"save": []}, "--save []: List should have at least 1 item"),
