@@ -30,3 +30,30 @@ TINY_MODEL = {
     "kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
 }
 """A small, fast smp model (stride 8, ~0.4M parameters, every parameter used so DDP is happy) for tests: import it as ``from tests.conftest import TINY_MODEL``."""
+
+
+def shapes_run_config(shapes: dict, runs, **sections: dict) -> dict:
+    """A training config, as plain data, on a ``make_shapes_dataset`` folder set: TINY_MODEL,
+    64 px patches of batch 2, no worker processes, a quiet CPU trainer, runs under ``runs``.
+    Each of ``sections`` updates that section key by key (``data={"batch_size": 4}``)."""
+    config: dict = {
+        "data": {
+            "train": {"images": str(shapes["train_images"]), "masks": str(shapes["train_masks"])},
+            "val": {"images": str(shapes["val_images"]), "masks": str(shapes["val_masks"])},
+            "classes": shapes["classes"],
+            "patch_size": 64,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "model": dict(TINY_MODEL),
+        "trainer": {
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,  # short epochs: Lightning warns at its default 10
+        },
+        "run": {"dir": str(runs)},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config

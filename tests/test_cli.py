@@ -90,19 +90,14 @@ def bundle(tmp_path_factory, shapes):
 def _shapes_config(tmp_path, shapes, name="c", **model) -> str:
     import yaml
 
-    from tests.conftest import TINY_MODEL
+    from tests.conftest import shapes_run_config
 
-    cfg = {
-        "data": {
-            "train": {"images": str(shapes["train_images"]), "masks": str(shapes["train_masks"])},
-            "val": {"images": str(shapes["val_images"]), "masks": str(shapes["val_masks"])},
-            "classes": shapes["classes"],
-            "num_workers": 0,
-        },
-        "model": {**TINY_MODEL, **model},
-        "trainer": {"max_epochs": 1, "limit_train_batches": 1, "accelerator": "cpu"},
-        "run": {"dir": str(tmp_path / "runs")},
-    }
+    cfg = shapes_run_config(
+        shapes,
+        tmp_path / "runs",
+        model=model,
+        trainer={"max_epochs": 1, "limit_train_batches": 1},
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

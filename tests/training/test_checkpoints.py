@@ -11,7 +11,7 @@ from segkit.cli import main
 from segkit.config import load_config
 from segkit.data.synthetic import make_shapes_dataset
 from segkit.training import train
-from tests.conftest import TINY_MODEL
+from tests.conftest import shapes_run_config
 
 pytestmark = pytest.mark.slow  # each test trains a run (the fixture) and resumes or exports it
 
@@ -21,24 +21,13 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     data = make_shapes_dataset(root / "data", n_train=8, n_val=2, size=64, seed=0)
     config = load_config(
-        {
-            "data": {
-                "train": {"images": str(data["train_images"]), "masks": str(data["train_masks"])},
-                "val": {"images": str(data["val_images"]), "masks": str(data["val_masks"])},
-                "classes": data["classes"],
-                "patch_size": 64,
-                "batch_size": 4,
-                "num_workers": 0,
-            },
-            "model": TINY_MODEL,
-            "trainer": {
-                "accelerator": "cpu",
-                "max_epochs": 2,
-                "enable_progress_bar": False,
-                "log_every_n_steps": 1,  # epochs of 2 batches: Lightning warns at its default 10
-            },
-            "run": {"dir": str(root / "runs"), "name": "r", "plan": False},
-        }
+        shapes_run_config(
+            data,
+            root / "runs",
+            data={"batch_size": 4},
+            trainer={"max_epochs": 2},
+            run={"name": "r", "plan": False},
+        )
     )
     return train(config), data
 

@@ -19,7 +19,7 @@ from segkit.training import train
 from segkit.training.diagnostics import loss_gap, never_predicted
 from segkit.training.module import Decay, warmup_then
 from segkit.training.plan import UNLIMITED_EPOCHS
-from tests.conftest import TINY_MODEL
+from tests.conftest import shapes_run_config
 
 
 @pytest.fixture(scope="module")
@@ -28,27 +28,8 @@ def shapes(tmp_path_factory):
 
 
 def _config(shapes, runs: Path, **sections):
-    cfg = {
-        "data": {
-            "train": {"images": str(shapes["train_images"]), "masks": str(shapes["train_masks"])},
-            "val": {"images": str(shapes["val_images"]), "masks": str(shapes["val_masks"])},
-            "classes": shapes["classes"],
-            "patch_size": 64,
-            "batch_size": 2,
-            "num_workers": 0,
-        },
-        "model": TINY_MODEL,
-        "trainer": {
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "log_every_n_steps": 1,
-        },
-        "run": {"dir": str(runs), "val_preview_images": 0},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return load_config(cfg)
+    run = {"val_preview_images": 0, **sections.pop("run", {})}
+    return load_config(shapes_run_config(shapes, runs, run=run, **sections))
 
 
 def _lr_after(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> float:

@@ -27,7 +27,7 @@ from segkit.training import (
     train,
 )
 from segkit.training.module import SegmentationModule
-from tests.conftest import TINY_MODEL
+from tests.conftest import shapes_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = {
@@ -39,21 +39,14 @@ QUIET = {
 
 
 def _config(data: dict, runs: Path, **sections) -> dict:
-    cfg = {
-        "data": {
-            "train": {"images": str(data["train_images"]), "masks": str(data["train_masks"])},
-            "val": {"images": str(data["val_images"]), "masks": str(data["val_masks"])},
-            "classes": data["classes"],
-            "patch_size": 64,
-            "batch_size": 4,
-            "num_workers": 0,
-        },
-        "model": TINY_MODEL,
-        "optimizer": {"lr": 0.01},
-        "scheduler": {"warmup_epochs": 0.5},
-        "trainer": dict(QUIET),
-        "run": {"dir": str(runs), "seed": 0, "plan": False},
-    }
+    cfg = shapes_run_config(
+        data,
+        runs,
+        data={"batch_size": 4},
+        optimizer={"lr": 0.01},
+        scheduler={"warmup_epochs": 0.5},
+        run={"seed": 0, "plan": False},
+    )
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}
     return cfg
