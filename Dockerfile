@@ -23,7 +23,8 @@ COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY segkit/__init__.py segkit/__init__.py
 # onnxruntime-gpu replaces the CPU onnxruntime (both ship the `onnxruntime` module).
-RUN pip install --constraint requirements/constraints.txt . \
+# TensorBoard too: `segkit train` writes its event files when it is installed.
+RUN pip install --constraint requirements/constraints.txt ".[tensorboard]" \
     && pip uninstall -y onnxruntime \
     && pip install --constraint requirements/constraints.txt onnxruntime-gpu
 # Then the package itself.
