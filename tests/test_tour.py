@@ -66,6 +66,8 @@ def test_the_readme_tour_runs_word_for_word(tmp_path, monkeypatch, capfd):
         if args[0] == "train" and "--print-config" not in args:
             # quiet by default, and a log-friendly progress line per epoch (output is no terminal)
             assert out.count("epoch 1/1 ") == 1, out
+            line = next(x for x in out.splitlines() if x.startswith("epoch 1/1 "))
+            assert line.count("train/loss ") == 1 and line.count("val/mIoU ") == 1, line
             for noise in ("Tip:", "GPU available", "FLOPs", "Sanity Checking", "Warning"):
                 assert noise not in out + err, noise
     assert (tmp_path / "runs" / "shapes" / "best.ckpt").is_file()

@@ -26,12 +26,13 @@ class EpochLines(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
+        # Lightning lists a value logged per step and per epoch as "x" and "x_epoch": show it once
         metrics = {
-            k: float(v)
+            k.removesuffix("_epoch"): float(v)
             for k, v in trainer.callback_metrics.items()
             if k.endswith(("loss", "loss_epoch", "mIoU")) and not k.endswith("loss_step")
         }
-        parts = [f"{k.removesuffix('_epoch')} {v:.4f}" for k, v in sorted(metrics.items())]
+        parts = [f"{k} {v:.4f}" for k, v in sorted(metrics.items())]
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
         line = f"epoch {trainer.current_epoch + 1}/{total}  {'  '.join(parts)}"
         print(f"{line}  ({time.perf_counter() - self._t0:.1f} s)", file=self._stream or sys.stdout)
