@@ -22,5 +22,5 @@ Overlap = Annotated[float, Field(ge=0)]
 BatchSize = Annotated[int, Field(ge=1)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

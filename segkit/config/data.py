@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from segkit.config.base import MaskEncoding, _Section
+from segkit.config.base import MaskEncoding, Section
 from segkit.normalization import Normalization
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,7 +18,7 @@ def _in_byte_range(colour: tuple[int, ...]) -> bool:
     return all(0 <= v <= 255 for v in colour)
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     """One split: an image folder and a mask folder whose files pair by stem."""
 
     images: Path = Field(
@@ -29,7 +29,7 @@ class SplitConfig(_Section):
     )
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the data is and how to read it."""
 
     train: SplitConfig | None = Field(None, description="Training images and masks.")
@@ -179,7 +179,7 @@ class DataConfig(_Section):
         return list(IMAGENET_STD) if self.in_channels == 3 else [0.25] * self.in_channels
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Training augmentation (albumentations). Validation never augments."""
 
     hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip.")

@@ -15,13 +15,13 @@ import yaml
 from pydantic import ValidationError
 
 from segkit.config.messages import (
-    _by_origin,
-    _format_validation_error,
-    _origin,
-    _unknown_key_message,
+    by_origin,
+    format_validation_error,
+    unknown_key_message,
+    value_origin,
 )
 from segkit.config.model import is_weights_file
-from segkit.config.schema import SegkitConfig, _allowed_keys, _section_at
+from segkit.config.schema import SegkitConfig, allowed_keys, section_at
 from segkit.errors import ConfigError
 
 
@@ -60,7 +60,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 def _merged(old: Any, new: Any, keys: list[str]) -> Any:
     """``new`` merged into ``old`` where both are mappings for a config section, else ``new``."""
-    if not (isinstance(old, dict) and isinstance(new, dict) and _section_at(keys) is not None):
+    if not (isinstance(old, dict) and isinstance(new, dict) and section_at(keys) is not None):
         return new
     return {**old, **{k: _merged(old.get(k), v, [*keys, k]) for k, v in new.items()}}
 
@@ -71,17 +71,19 @@ def _check_unknown(data: dict[str, Any], source: str, overrides: Sequence[str]) 
         if section not in SegkitConfig.model_fields:
             unknown.append(section)
             continue
-        sub = _section_at([section])
+        sub = section_at([section])
         if isinstance(body, dict) and sub is not None:
             # Lightning's Trainer arguments only for keys the section does not declare: importing
             # lightning costs ~0.2 GB and seconds, and loading a bundle to predict never needs it.
             extra = [key for key in body if key not in sub.model_fields]
             if extra:
-                allowed = _allowed_keys(sub)
+                allowed = allowed_keys(sub)
                 unknown.extend(f"{section}.{key}" for key in extra if key not in allowed)
     if unknown:
         raise ConfigError(
-            _by_origin([(_origin(k, source, overrides), _unknown_key_message(k)) for k in unknown])
+            by_origin(
+                [(value_origin(k, source, overrides), unknown_key_message(k)) for k in unknown]
+            )
         )
 
 
@@ -125,7 +127,7 @@ def load_config(
     try:
         return SegkitConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, name, overrides or [])) from None
+        raise ConfigError(format_validation_error(e, name, overrides or [])) from None
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from segkit.config.schema import _allowed_keys, _section_at
+from segkit.config.schema import allowed_keys, section_at
 
 
-def _format_validation_error(err: ValidationError, source: str, overrides: Sequence[str]) -> str:
+def format_validation_error(err: ValidationError, source: str, overrides: Sequence[str]) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = _short_listing(e["msg"].removeprefix("Value error, "))
         got = e.get("input")
         if e["type"] == "extra_forbidden":
-            text = _unknown_key_message(key)
+            text = unknown_key_message(key)
         elif (
             isinstance(got, dict | list)
             or got is None
@@ -30,11 +30,11 @@ def _format_validation_error(err: ValidationError, source: str, overrides: Seque
             text = f"{key}: {msg}" if key else msg
         else:
             text = f"{key}: {msg} (got {_clip(repr(got))})"
-        parts.append((_origin(key, source, overrides), text))
-    return _by_origin(parts)
+        parts.append((value_origin(key, source, overrides), text))
+    return by_origin(parts)
 
 
-def _origin(key: str, source: str, overrides: Sequence[str]) -> str:
+def value_origin(key: str, source: str, overrides: Sequence[str]) -> str:
     """Where a dotted key's value came from: the last override that set it, else ``source``."""
     for item in reversed(overrides):
         set_key = item.partition("=")[0].strip()
@@ -45,7 +45,7 @@ def _origin(key: str, source: str, overrides: Sequence[str]) -> str:
     return source
 
 
-def _by_origin(parts: Sequence[tuple[str, str]]) -> str:
+def by_origin(parts: Sequence[tuple[str, str]]) -> str:
     """``origin: message; message`` per origin, origins joined by ``; `` in first-seen order."""
     grouped: dict[str, list[str]] = {}
     for origin, text in parts:
@@ -73,11 +73,11 @@ def _short_listing(text: str, limit: int = _LISTED) -> str:
     return re.sub(r"\((valid|allowed): ([^();]*)(?=[;)])", cut, text)
 
 
-def _unknown_key_message(dotted: str) -> str:
+def unknown_key_message(dotted: str) -> str:
     """``unknown key 'a.b' — did you mean a.c?``; the allowed keys (a few) only without a close match."""
     *parents, leaf = dotted.split(".")
-    section = _section_at(parents)
-    allowed = _allowed_keys(section) if section is not None else []
+    section = section_at(parents)
+    allowed = allowed_keys(section) if section is not None else []
     close = difflib.get_close_matches(leaf, allowed, n=3)
     hint = f" — did you mean {', '.join('.'.join([*parents, c]) for c in close)}?" if close else ""
     listing = ""

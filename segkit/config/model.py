@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 
 from pydantic import Field, field_validator
 
-from segkit.config.base import _Section
+from segkit.config.base import Section
 
 # Suffixes that make an `encoder_weights` value a local file rather than a weight-set name.
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
@@ -40,7 +40,7 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" — did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Any segmentation-models-pytorch architecture and encoder."""
 
     arch: str = Field(

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from segkit.config.base import _Section
+from segkit.config.base import Section
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     """Weights of the smp losses summed into the training loss; 0 disables a term."""
 
     dice: float = Field(1.0, ge=0, description="Dice loss weight.")
@@ -40,7 +40,7 @@ class LossConfig(_Section):
         return self
 
 
-class OptimizerConfig(_Section):
+class OptimizerConfig(Section):
     """The optimiser."""
 
     name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimiser.")
@@ -57,7 +57,7 @@ class OptimizerConfig(_Section):
     )
 
 
-class SchedulerConfig(_Section):
+class SchedulerConfig(Section):
     """Learning-rate schedule, stepped every optimiser step."""
 
     name: Literal["cosine", "poly", "constant"] = Field(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from segkit.config.base import TTA, BatchSize, Blend, Overlap, TileSize, _Section
+from segkit.config.base import TTA, BatchSize, Blend, Overlap, Section, TileSize
 
 
-class PredictConfig(_Section):
+class PredictConfig(Section):
     """Inference defaults stored in the bundle; predict options override them."""
 
     tile: TileSize | None = Field(None, description="Tile size; null = the training patch_size.")

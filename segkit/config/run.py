@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from segkit.config.base import _Section
+from segkit.config.base import Section
 
 
 class TrainerConfig(BaseModel):
@@ -35,7 +35,7 @@ class TrainerConfig(BaseModel):
         return str(v) if isinstance(v, int) else v
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Where a run writes and how it starts."""
 
     dir: Path = Field(

@@ -9,7 +9,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
-from segkit.config.base import _Section
+from segkit.config.base import Section
 from segkit.config.data import AugmentConfig, DataConfig
 from segkit.config.model import ModelConfig
 from segkit.config.optimization import LossConfig, OptimizerConfig, SchedulerConfig
@@ -17,7 +17,7 @@ from segkit.config.predict import PredictConfig
 from segkit.config.run import RunConfig, TrainerConfig
 
 
-class SegkitConfig(_Section):
+class SegkitConfig(Section):
     """The whole configuration of a run."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -57,7 +57,7 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _section_at(keys: Sequence[str]) -> type[BaseModel] | None:
+def section_at(keys: Sequence[str]) -> type[BaseModel] | None:
     """The config section at a dotted path (``["data", "train"]``); None for any other key."""
     section: type[BaseModel] | None = SegkitConfig
     for key in keys:
@@ -66,7 +66,7 @@ def _section_at(keys: Sequence[str]) -> type[BaseModel] | None:
     return section
 
 
-def _allowed_keys(section: type[BaseModel]) -> list[str]:
+def allowed_keys(section: type[BaseModel]) -> list[str]:
     allowed = set(section.model_fields)
     if section is TrainerConfig:
         allowed |= set(_trainer_arguments())

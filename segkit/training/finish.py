@@ -58,7 +58,7 @@ def measured_tta(
     )
 
 
-def _finish_best(
+def finish_best(
     best: Path,
     pairs: list[tuple[Path, Path]],
     device: str,

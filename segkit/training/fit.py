@@ -21,9 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from segkit.config import SegkitConfig
 from segkit.errors import ConfigError
 from segkit.models.metrics import SegmentationMetrics
-from segkit.training.finish import _finish_best
+from segkit.training.finish import finish_best
 from segkit.training.plan import Plan, plan_config
-from segkit.training.run_dir import _resume_path, _start_run_dir, resolve_run_dir
+from segkit.training.run_dir import resolve_run_dir, resume_path, start_run_dir
 from segkit.training.trainer import build_trainer
 
 
@@ -42,7 +42,7 @@ class TrainResult:
 def _safe_load() -> dict[str, Any]:
     """``weights_only=True`` for ``Trainer.fit`` where Lightning takes it (2.6+): the resumed
     checkpoint is then never unpickled, whatever torch's own default (False before torch 2.6).
-    Older Lightning cannot be told; ``_resume_path`` has already opened the file with
+    Older Lightning cannot be told; ``resume_path`` has already opened the file with
     ``weights_only=True`` (``load_bundle``), which refuses checkpoints carrying pickled code."""
     return {"weights_only": True} if "weights_only" in signature(L.Trainer.fit).parameters else {}
 
@@ -76,7 +76,7 @@ def train(
     if torch.cuda.is_available():  # TF32 matmuls for fp32 work on tensor-core GPUs
         torch.set_float32_matmul_precision("high")
     run_dir = resolve_run_dir(config, config_path)
-    ckpt_path = _resume_path(config, run_dir)
+    ckpt_path = resume_path(config, run_dir)
     rank_zero_only(check_or_raise)(config)  # the other ranks trust rank 0's data check
     plan = None
     if config.run.plan:
@@ -88,7 +88,7 @@ def train(
         raise ConfigError(
             "no validation images: set data.val, or data.val_fraction > 0 to hold out part of data.train"
         )
-    _start_run_dir(config, run_dir, resuming=ckpt_path is not None)
+    start_run_dir(config, run_dir, resuming=ckpt_path is not None)
     trainer, checkpoint = build_trainer(config, run_dir, resume_from=ckpt_path, callbacks=callbacks)
     with warnings.catch_warnings():  # config.yaml is there on purpose
         warnings.filterwarnings(
@@ -101,7 +101,7 @@ def train(
     payload: dict[str, Any] = {}  # rank 0 fills it; the broadcast hands it to the others
     if trainer.is_global_zero:
         device = str(trainer.strategy.root_device)  # where training ran: "cpu", "cuda:0", ...
-        payload = _finish_best(
+        payload = finish_best(
             best, datamodule.val_pairs, device, plan, run_dir, config.augment
         ).to_dict()
     payload = trainer.strategy.broadcast(payload, src=0)

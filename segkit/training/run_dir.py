@@ -79,7 +79,7 @@ def resolve_run_dir(config: SegkitConfig, config_path: Path | None = None) -> Pa
     return candidate
 
 
-def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
+def resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
     resume = config.run.resume
     if not resume:
         return None
@@ -105,7 +105,7 @@ def _resume_path(config: SegkitConfig, run_dir: Path) -> Path | None:
 
 
 @rank_zero_only
-def _start_run_dir(config: SegkitConfig, run_dir: Path, resuming: bool) -> None:
+def start_run_dir(config: SegkitConfig, run_dir: Path, resuming: bool) -> None:
     """Rank 0 creates the run folder, writes config.yaml and hands the folder to the processes
     Lightning's launcher starts next (through the environment they inherit)."""
     run_dir.mkdir(parents=True, exist_ok=True)

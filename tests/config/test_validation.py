@@ -123,9 +123,9 @@ def test_unknown_key_in_an_optional_section_lists_the_allowed_keys(key):
 
 
 def test_unknown_key_below_a_plain_value_has_no_empty_allowed_list():
-    from segkit.config.messages import _unknown_key_message
+    from segkit.config.messages import unknown_key_message
 
-    assert _unknown_key_message("data.classes.x") == "unknown key 'data.classes.x'"
+    assert unknown_key_message("data.classes.x") == "unknown key 'data.classes.x'"
 
 
 def _write(folder: Path, body: dict) -> Path:

@@ -107,14 +107,14 @@ def test_only_rank_zero_writes_the_run_folder_and_the_others_take_it(tmp_path, m
     on; the processes launched after it take that folder instead of numbering their own."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from segkit.training.run_dir import _RUN_DIR_ENV, _start_run_dir
+    from segkit.training.run_dir import _RUN_DIR_ENV, start_run_dir
 
     monkeypatch.setattr(rank_zero_only, "rank", rank)
     monkeypatch.setenv(_RUN_DIR_ENV, str(tmp_path / "handed"))
     config = load_config({"run": {"dir": str(tmp_path), "name": "big"}})
     folder = resolve_run_dir(config)
     assert folder == (tmp_path / "big" if rank == 0 else tmp_path / "handed")
-    _start_run_dir(config, folder, resuming=False)
+    start_run_dir(config, folder, resuming=False)
     assert (folder / "config.yaml").is_file() is (rank == 0)
     if rank == 0:
         import os
