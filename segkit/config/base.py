@@ -23,4 +23,6 @@ BatchSize = Annotated[int, Field(ge=1)]
 
 
 class Section(BaseModel):
+    """A config section: unknown keys are refused, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segkit.config import SegkitConfig
+from segkit.data.alignment import MaskOffset, describe
 from segkit.errors import ConfigError
 from segkit.normalization import MIN_STD, image_statistics
 
@@ -30,6 +31,7 @@ class Fingerprint:
     class_images: list[float]  # share of the images holding at least one pixel of each class
     brightness_spread: float  # std of the images' own means, in units of the pixels' std
     contrast_ratio: float  # largest over smallest of the images' own stds
+    mask_offset: tuple[float, float] | None  # (down, right) px onto the content; None: unknown
 
     def rows(self, classes: list[str]) -> list[tuple[str, str]]:
         """(what, value) rows for a report."""
@@ -41,6 +43,7 @@ class Fingerprint:
             ("intensity std", _floats(self.std)),
             ("image brightness spread", f"{self.brightness_spread:.2f} std"),
             ("image contrast ratio", f"{self.contrast_ratio:.2f}"),
+            ("mask offset", describe(self.mask_offset)),
         ]
         for name, share, present in zip(classes, self.class_share, self.class_images, strict=True):
             rows.append((f"class {name}", f"{share:.1%} of pixels, in {present:.0%} of images"))
@@ -73,12 +76,14 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
     counts = np.zeros(k, np.int64)
     present = np.zeros(k, np.int64)
     own_means, own_stds = [], []
+    offset = MaskOffset()
     for i in range(len(dataset)):
         image, mask = dataset.load(i)
         sizes.append(image.shape[:2])
         own_mean, own_std = image_statistics(image)
         own_means.append(own_mean)
         own_stds.append(own_std)
+        offset.add(image, mask, k)
         flat = image.reshape(-1, image.shape[2]).astype(np.float64)
         pixel_sum = pixel_sum + flat.sum(0)
         pixel_sq = pixel_sq + (flat**2).sum(0)
@@ -106,4 +111,5 @@ def fingerprint(config: SegkitConfig) -> Fingerprint:
         class_images=(present / len(dataset)).tolist(),
         brightness_spread=round(float(spread.max()), 4),
         contrast_ratio=round(float(contrast.max()), 4),
+        mask_offset=offset.offset(),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from segkit.config import SegkitConfig, load_config
+from segkit.data.alignment import describe
 from segkit.training.fingerprint import Fingerprint, fingerprint
 
 RARE_SHARE = 0.05  # a class under this share of the labelled pixels counts as rare
@@ -25,6 +26,7 @@ LIGHT_DECODER = [128, 64, 32, 16, 16]  # half smp's default widths: more steps p
 # or their stds by more than this factor (acquisitions differ: nnU-Net's z-score case).
 UNEVEN_BRIGHTNESS = 0.5
 UNEVEN_CONTRAST = 2.0
+OFFSET_PX = 0.4  # masks this far off the content sideways (or more): no horizontal flips
 
 
 @dataclass
@@ -162,13 +164,20 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     few = fp.images < 100
     # Drawn or rasterised masks often sit a fraction of a pixel off the image content, the same
     # way in every image: a model learns that offset unless flips and turns reverse it at random.
+    measured = f" ({describe(fp.mask_offset)})" if fp.mask_offset is not None else ""
     choose(
         "augment.vflip",
         0.0,
         "a vertical flip reverses any fixed offset of the masks against the images, so the "
-        "model cannot learn it; set it for data without an 'up'",
+        f"model cannot learn it{measured}; set it for data without an 'up'",
     )
     choose("augment.rotate90", 0.0, "a quarter turn turns such an offset the same way")
+    if fp.mask_offset is not None and abs(fp.mask_offset[1]) >= OFFSET_PX:
+        choose(
+            "augment.hflip",
+            0.0,
+            f"{describe(fp.mask_offset)}: a horizontal flip would reverse that offset",
+        )
     choose(
         "augment.rotate",
         45.0 if few else 15.0,

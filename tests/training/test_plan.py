@@ -183,10 +183,11 @@ def test_plan_command_and_print_config_show_the_reasons(imbalanced, tmp_path, ca
 def test_membrane_like_slices_on_a_cpu_train_on_crops_and_predict_whole():
     from segkit.training.fingerprint import Fingerprint
 
-    # membrane's own: brightness spread 0.23 std, contrast ratio 1.48
+    # membrane's own: brightness spread 0.23 std, contrast ratio 1.48, masks 0.62 px high
     fp = Fingerprint(
-        20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0], 0.23, 1.48
-    )
+        20, 25, 20, (512, 512), 512, 512, [0.5], [0.17], [0.22, 0.78], [1.0, 1.0], 0.23, 1.48,
+        (0.62, 0.19),
+    )  # fmt: skip
     config = load_config(
         {
             "data": {"classes": ["membrane", "cell"], "mask_encoding": "binary", "in_channels": 1},
@@ -235,3 +236,27 @@ def test_uneven_brightness_or_contrast_gets_per_image_normalisation(tmp_path):
         CPU,
     )
     assert user.data.normalization == "dataset"  # the user's key wins
+
+
+def test_masks_drawn_off_to_one_side_lose_the_horizontal_flip(tmp_path):
+    """The plan measures where the masks sit: masks drawn 1 px to the right of bright squares
+    get no horizontal flips (which would hide that offset from the model); masks on the content
+    keep them. Vertical flips and quarter turns stay off either way."""
+    rng = np.random.default_rng(4)
+    images, aligned, shifted = [], [], []
+    for _ in range(4):
+        mask = np.zeros((64, 64), np.uint8)
+        for y, x in rng.integers(8, 48, (4, 2)):
+            mask[y : y + 8, x : x + 8] = 1
+        images.append((40 + 150 * mask + rng.integers(0, 20, (64, 64))).astype(np.uint8))
+        aligned.append(mask)
+        shifted.append(np.roll(mask, 1, axis=1))
+    on, plan = plan_config(_config(_write(tmp_path / "on", images, aligned), in_channels=1), CPU)
+    assert abs(plan.fingerprint.mask_offset[1]) < 0.2 and on.augment.hflip == 0.5
+    off, plan = plan_config(_config(_write(tmp_path / "off", images, shifted), in_channels=1), CPU)
+    assert plan.fingerprint.mask_offset[1] == pytest.approx(-1, abs=0.25)
+    assert (
+        off.augment.hflip == 0 and "right of the image content" in plan.reasons()["augment.hflip"]
+    )
+    assert (off.augment.vflip, off.augment.rotate90) == (0, 0)
+    assert off.predict.tta == "none"
