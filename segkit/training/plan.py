@@ -159,7 +159,8 @@ def make_plan(config: SegkitConfig, fp: Fingerprint, device: Device) -> Plan:
     choose(
         "scheduler.warmup_epochs",
         0.25,
-        f"a short linear warm-up ({steps // 4} steps) settles the optimiser; the rest decays",
+        f"a short linear warm-up ({(config.data.steps_per_epoch or steps) // 4} steps) settles "
+        "the optimiser; the rest decays",
     )
     few = fp.images < 100
     # Drawn or rasterised masks often sit a fraction of a pixel off the image content, the same

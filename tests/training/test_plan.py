@@ -260,3 +260,12 @@ def test_masks_drawn_off_to_one_side_lose_the_horizontal_flip(tmp_path):
     )
     assert (off.augment.vflip, off.augment.rotate90) == (0, 0)
     assert off.predict.tta == "none"
+
+
+def test_warm_up_reason_counts_the_steps_per_epoch_that_apply(imbalanced):
+    config = _config(imbalanced, classes=["a", "b", "rare"], in_channels=1, steps_per_epoch=40)
+    planned, plan = plan_config(config, CPU)
+    assert planned.data.steps_per_epoch == 40  # the user's
+    assert "(10 steps)" in plan.reasons()["scheduler.warmup_epochs"]
+    _, default = plan_config(_config(imbalanced, classes=["a", "b", "rare"], in_channels=1), CPU)
+    assert "(25 steps)" in default.reasons()["scheduler.warmup_epochs"]  # 100 planned
