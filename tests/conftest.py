@@ -32,6 +32,15 @@ TINY_MODEL = {
 """A small, fast smp model (stride 8, ~0.4M parameters, every parameter used so DDP is happy) for tests: import it as ``from tests.conftest import TINY_MODEL``."""
 
 
+QUIET_TRAINER = {
+    "accelerator": "cpu",
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,  # short epochs: Lightning warns at its default 10
+}
+"""``trainer`` keys of a test run: CPU, no progress bar or model summary."""
+
+
 def shapes_run_config(shapes: dict, runs, **sections: dict) -> dict:
     """A training config, as plain data, on a ``make_shapes_dataset`` folder set: TINY_MODEL,
     64 px patches of batch 2, no worker processes, a quiet CPU trainer, runs under ``runs``.
@@ -46,12 +55,7 @@ def shapes_run_config(shapes: dict, runs, **sections: dict) -> dict:
             "num_workers": 0,
         },
         "model": dict(TINY_MODEL),
-        "trainer": {
-            "accelerator": "cpu",
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "log_every_n_steps": 1,  # short epochs: Lightning warns at its default 10
-        },
+        "trainer": dict(QUIET_TRAINER),
         "run": {"dir": str(runs)},
     }
     for name, values in sections.items():

@@ -157,6 +157,7 @@ def test_dependency_layer_is_pinned_and_built_from_what_setuptools_reads(steps) 
     project_targets = [t for t in targets if t == "." or t.startswith(".[")]
     assert project_targets, f"the dependency layer does not install the project: {targets}"
     extras = {e for t in project_targets for e in Requirement("segkit" + t[1:]).extras}
+    assert "tensorboard" in extras, "training in the image writes no TensorBoard events"
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     version_attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]

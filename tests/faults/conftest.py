@@ -25,15 +25,9 @@ from segkit.bundle import save_bundle
 from segkit.config import load_config
 from segkit.models.build import build_model
 from segkit.utils import is_temporary_file
-from tests.conftest import TINY_MODEL
+from tests.conftest import QUIET_TRAINER, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
-QUIET = {
-    "accelerator": "cpu",
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "log_every_n_steps": 1,
-}
 CLASSES = ["background", "circle", "rectangle", "triangle"]
 
 
@@ -65,7 +59,7 @@ def config_dict(data: dict[str, Any], runs: Path, **sections: Any) -> dict[str, 
         "model": dict(TINY_MODEL),
         "optimizer": {"lr": 0.01},
         "scheduler": {"warmup_epochs": 0.5},
-        "trainer": {**QUIET, "max_epochs": 2},
+        "trainer": {**QUIET_TRAINER, "max_epochs": 2},
         "run": {"dir": str(runs), "seed": 0, "val_preview_images": 0, "plan": False},
     }
     for key, value in sections.items():

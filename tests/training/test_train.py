@@ -27,15 +27,9 @@ from segkit.training import (
     train,
 )
 from segkit.training.module import SegmentationModule
-from tests.conftest import shapes_run_config
+from tests.conftest import QUIET_TRAINER, shapes_run_config
 
 REPO = Path(__file__).resolve().parents[2]
-QUIET = {
-    "accelerator": "cpu",
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "log_every_n_steps": 1,
-}
 
 
 def _config(data: dict, runs: Path, **sections) -> dict:
@@ -345,7 +339,7 @@ def test_training_logs_to_csv_alone_without_tensorboard(tmp_path, monkeypatch):
     """TensorBoard is an extra: without it the trainer still logs, to metrics.csv."""
     import segkit.training.trainer
 
-    config = load_config({"trainer": dict(QUIET)})
+    config = load_config({"trainer": dict(QUIET_TRAINER)})
     assert segkit.training.trainer.tensorboard_available()  # the dev extra installs it
     monkeypatch.setattr(segkit.training.trainer, "tensorboard_available", lambda: False)
     trainer, _ = build_trainer(config, tmp_path)
